@@ -1,0 +1,267 @@
+"""The local admin API: how the CLI reaches a serving node (which holds the store).
+
+It listens on loopback only and every call must carry the token written, readable by
+the node's user alone, to `run/admin.json` in the node directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pyarrow as pa
+
+from node._gen.tongyuan.v1 import admin_pb2 as pb
+from node._gen.tongyuan.v1 import admin_pb2_grpc as pb_grpc
+from node.errors import NodeUnavailable, UserError
+from node.service import NodeService, Progress
+from node.wire import GRPC_MESSAGE_OPTIONS, decode_table, encode_table
+
+TOKEN_HEADER = "x-tongyuan-admin-token"
+_CHUNK = 4 * 1024 * 1024
+
+
+def _json_default(value: object) -> str:
+    return str(value)
+
+
+def to_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+# ----- runtime file ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminEndpoint:
+    pid: int
+    address: str
+    token: str
+    listen: str
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def write_endpoint(path: Path, endpoint: AdminEndpoint) -> None:
+    """Write run/admin.json with mode 0600 before it holds the token."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(endpoint.__dict__, out)
+    os.replace(tmp, path)
+
+
+def read_endpoint(path: Path) -> AdminEndpoint | None:
+    """The serving node's endpoint, or None if no live node owns the directory."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        endpoint = AdminEndpoint(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not psutil.pid_exists(endpoint.pid):
+        return None
+    return endpoint
+
+
+# ----- server side --------------------------------------------------------------------
+
+
+class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuses admin calls without the node's token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+        def deny(request: object, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong admin token")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if secrets.compare_digest(metadata.get(TOKEN_HEADER, ""), self._token):
+            return continuation(handler_call_details)
+        method = handler_call_details.method or ""
+        return self._deny_stream if method.endswith(("/Ingest", "/Query")) else self._deny
+
+
+def _abort_user_error(context: grpc.ServicerContext, exc: UserError) -> None:
+    context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+
+class AdminServicer(pb_grpc.AdminServicer):
+    def __init__(self, service: NodeService) -> None:
+        self._service = service
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        return pb.StatusReply(json=to_json(self._service.status()))
+
+    def Ingest(
+        self, request: pb.IngestRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.IngestProgress]:
+        events: queue.Queue[Any] = queue.Queue()
+
+        def progress(phase: str, done: int, total: int) -> None:
+            events.put(pb.IngestProgress(phase=phase, done=done, total=total))
+
+        def run() -> None:
+            try:
+                result = self._service.ingest(
+                    request.resource,
+                    Path(request.path),
+                    snapshot=request.snapshot,
+                    department=request.department or None,
+                    file_format=request.format or None,
+                    progress=progress,
+                )
+                events.put(pb.IngestProgress(phase="done", result_json=to_json(result)))
+            except UserError as exc:
+                events.put(exc)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, logged by grpc
+                events.put(exc)
+
+        worker = threading.Thread(target=run, name="admin-ingest", daemon=True)
+        worker.start()
+        while True:
+            item = events.get()
+            if isinstance(item, UserError):
+                _abort_user_error(context, item)
+            if isinstance(item, Exception):
+                context.abort(grpc.StatusCode.INTERNAL, f"ingest failed: {item}")
+            yield item
+            if item.phase == "done":
+                return
+
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> Iterator[pb.QueryChunk]:
+        try:
+            table = self._service.query(request.sql)
+        except UserError as exc:
+            _abort_user_error(context, exc)
+            return
+        data = encode_table(table)
+        for start in range(0, max(len(data), 1), _CHUNK):
+            yield pb.QueryChunk(arrow_ipc=data[start : start + _CHUNK])
+
+    def _children(self, action: Callable[[], list[dict[str, Any]]], context: grpc.ServicerContext) -> pb.ChildrenReply:
+        try:
+            return pb.ChildrenReply(json=to_json(action()))
+        except UserError as exc:
+            _abort_user_error(context, exc)
+            raise
+
+    def AddChild(self, request: pb.ChildRequest, context: grpc.ServicerContext) -> pb.ChildrenReply:
+        return self._children(lambda: self._service.add_child(request.code, request.address), context)
+
+    def RemoveChild(self, request: pb.ChildRequest, context: grpc.ServicerContext) -> pb.ChildrenReply:
+        return self._children(lambda: self._service.remove_child(request.code), context)
+
+    def ListChildren(
+        self, request: pb.ListChildrenRequest, context: grpc.ServicerContext
+    ) -> pb.ChildrenReply:
+        return self._children(self._service.list_children, context)
+
+
+# ----- client side --------------------------------------------------------------------
+
+
+class RemoteNode:
+    """The CLI's handle on a serving node, through its admin API."""
+
+    def __init__(self, endpoint: AdminEndpoint) -> None:
+        self.endpoint = endpoint
+        self._channel = grpc.insecure_channel(endpoint.address, options=GRPC_MESSAGE_OPTIONS)
+        self._stub = pb_grpc.AdminStub(self._channel)
+        self._metadata = ((TOKEN_HEADER, endpoint.token),)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                raise UserError(exc.details()) from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise NodeUnavailable(
+                    f"node (pid {self.endpoint.pid}) does not answer on its admin API "
+                    f"{self.endpoint.address}: {exc.details()}"
+                ) from None
+            raise UserError(f"admin call failed: {code.name}: {exc.details()}") from None
+
+    def status(self) -> dict[str, Any]:
+        reply = self._call(lambda: self._stub.Status(pb.StatusRequest(), metadata=self._metadata, timeout=30))
+        return dict(json.loads(reply.json))
+
+    def ingest(
+        self,
+        resource: str,
+        path: Path,
+        *,
+        snapshot: bool = False,
+        department: str | None = None,
+        file_format: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        request = pb.IngestRequest(
+            resource=resource,
+            path=str(path.resolve()),
+            snapshot=snapshot,
+            department=department or "",
+            format=file_format or "",
+        )
+
+        def run() -> dict[str, Any]:
+            for event in self._stub.Ingest(request, metadata=self._metadata):
+                if event.phase == "done":
+                    return dict(json.loads(event.result_json))
+                if progress:
+                    progress(event.phase, event.done, event.total)
+            raise UserError("ingest ended without a result")
+
+        return dict(self._call(run))
+
+    def query(self, sql: str) -> pa.Table:
+        def run() -> pa.Table:
+            data = b"".join(
+                chunk.arrow_ipc
+                for chunk in self._stub.Query(pb.QueryRequest(sql=sql), metadata=self._metadata)
+            )
+            return decode_table(data)
+
+        return self._call(run)
+
+    def _children(self, fn: Callable[[], pb.ChildrenReply]) -> list[dict[str, Any]]:
+        reply = self._call(fn)
+        return list(json.loads(reply.json))
+
+    def add_child(self, code: str, address: str) -> list[dict[str, Any]]:
+        request = pb.ChildRequest(code=code, address=address)
+        return self._children(lambda: self._stub.AddChild(request, metadata=self._metadata, timeout=30))
+
+    def remove_child(self, code: str) -> list[dict[str, Any]]:
+        request = pb.ChildRequest(code=code)
+        return self._children(
+            lambda: self._stub.RemoveChild(request, metadata=self._metadata, timeout=30)
+        )
+
+    def list_children(self) -> list[dict[str, Any]]:
+        return self._children(
+            lambda: self._stub.ListChildren(pb.ListChildrenRequest(), metadata=self._metadata, timeout=30)
+        )
+
+    def close(self) -> None:
+        self._channel.close()

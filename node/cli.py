@@ -1,0 +1,252 @@
+"""The `tongyuan` command. Each command builds the node handle and calls one method;
+a user's mistake becomes one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from node import __version__
+from node.client import NodeAPI, open_node
+from node.config import CONFIG_FILE, STORE_FILE, load_config, render_initial_config, resolve_directory, validate_address
+from node.divisions import lookup_division, tier_of
+from node.entities import BASE_ENTITIES
+from node.errors import UserError
+from node.output import err_console, print_arrow, print_children, print_json, print_status
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn UserError into `error: …` on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def node_handle(ctx: click.Context, *, write: bool) -> Iterator[NodeAPI]:
+    node = open_node(ctx.obj["dir"], write=write)
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--dir",
+    "directory",
+    metavar="DIR",
+    help="Node directory (default: $TONGYUAN_DIR, then the current directory).",
+)
+@click.version_option(__version__, prog_name="tongyuan")
+@click.pass_context
+def cli(ctx: click.Context, directory: str | None) -> None:
+    """Tongyuan (同源): one node program for county, city and province data federation."""
+    ctx.ensure_object(dict)
+    ctx.obj["dir"] = resolve_directory(directory)
+
+
+@cli.command()
+@click.option("--code", required=True, help="GB/T 2260 division code of this node, e.g. 320102.")
+@click.option("--name", help="Display name (default: the division's name).")
+@click.option(
+    "--listen",
+    default="127.0.0.1:7400",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address the parent pulls from.",
+)
+@click.pass_context
+@user_errors
+def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
+    """Create a node directory: config, store with its schema, node identity."""
+    from node.store import Store
+
+    directory: Path = ctx.obj["dir"]
+    division = lookup_division(code)
+    if division.retired:
+        raise UserError(f"division code {code} ({division.name}) is retired; use its current code")
+    validate_address(listen, "--listen")
+    config_path, store_path = directory / CONFIG_FILE, directory / STORE_FILE
+    for existing in (config_path, store_path):
+        if existing.exists():
+            raise UserError(f"{existing} already exists; refusing to overwrite an existing node")
+    directory.mkdir(parents=True, exist_ok=True)
+    display = name or division.name
+    config_path.write_text(render_initial_config(code, display, listen), encoding="utf-8")
+    try:
+        config = load_config(directory)
+        Store.create(
+            store_path, code=code, name=display, tier=tier_of(code).value, entities=config.entities
+        ).close()
+    except BaseException:
+        config_path.unlink(missing_ok=True)
+        store_path.unlink(missing_ok=True)
+        raise
+    click.echo(
+        f"initialised {config.tier.value} node {code} ({display}) in {directory}\n"
+        f"  resources: {', '.join(e.name for e in BASE_ENTITIES)}\n"
+        f"  next: tongyuan --dir {directory} serve"
+    )
+
+
+@cli.command()
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING.")
+@click.pass_context
+@user_errors
+def serve(ctx: click.Context, log_level: str) -> None:
+    """Run the node: federation and admin gRPC services, health, scheduler."""
+    from node.server import serve as run_server
+
+    config = load_config(ctx.obj["dir"])
+    logging.basicConfig(
+        level=log_level.upper(),
+        format=f"%(asctime)s %(levelname)s node={config.code} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    run_server(config)
+
+
+@cli.group()
+def children() -> None:
+    """Children this node pulls from (city and province nodes)."""
+
+
+@children.command("add")
+@click.argument("code")
+@click.argument("address", metavar="HOST:PORT")
+@click.pass_context
+@user_errors
+def children_add(ctx: click.Context, code: str, address: str) -> None:
+    """Pull from child CODE at HOST:PORT (its first pull backfills everything)."""
+    with node_handle(ctx, write=True) as node:
+        print_children(node.add_child(code, address))
+
+
+@children.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@user_errors
+def children_list(ctx: click.Context, as_json: bool) -> None:
+    """Children with link state, checkpoint and lag."""
+    with node_handle(ctx, write=False) as node:
+        listed = node.list_children()
+    if as_json:
+        print_json(listed)
+    else:
+        print_children(listed)
+
+
+@children.command("remove")
+@click.argument("code")
+@click.pass_context
+@user_errors
+def children_remove(ctx: click.Context, code: str) -> None:
+    """Stop pulling from child CODE (records it sent are kept)."""
+    with node_handle(ctx, write=True) as node:
+        print_children(node.remove_child(code))
+
+
+@cli.command()
+@click.argument("resource")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--snapshot", is_flag=True, help="The file is complete: records missing from it are deleted.")
+@click.option("--department", help="Provider department (default: [node] department).")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["csv", "jsonl", "parquet", "xlsx"]),
+    help="File format (default: from the extension).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@user_errors
+def ingest(
+    ctx: click.Context,
+    resource: str,
+    file: Path,
+    snapshot: bool,
+    department: str | None,
+    file_format: str | None,
+    as_json: bool,
+) -> None:
+    """Import FILE (CSV, JSON Lines, Parquet, Excel) into RESOURCE."""
+    show = sys.stderr.isatty() and not as_json
+    with node_handle(ctx, write=True) as node, Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not show,
+    ) as bar:
+        task = bar.add_task("reading", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total or None)
+
+        result = node.ingest(
+            resource,
+            file.resolve(),
+            snapshot=snapshot,
+            department=department,
+            file_format=file_format,
+            progress=progress,
+        )
+    if as_json:
+        print_json(result)
+        return
+    seqs = f" (seq {result['first_seq']}..{result['last_seq']})" if result["changes"] else ""
+    click.echo(
+        f"{result['entity']}: {result['rows_read']} rows read from {result['file']}: "
+        f"{result['inserted']} inserted, {result['updated']} updated, {result['deleted']} deleted, "
+        f"{result['unchanged']} unchanged{seqs}"
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@user_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Identity, tier, parents, children with lag, rows per entity."""
+    with node_handle(ctx, write=False) as node:
+        doc = node.status()
+    if as_json:
+        print_json(doc)
+    else:
+        print_status(doc)
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of row objects.")
+@click.pass_context
+@user_errors
+def query(ctx: click.Context, sql: str, as_json: bool) -> None:
+    """Run read-only SQL on the local store (tables: person, legal_entity, …)."""
+    with node_handle(ctx, write=False) as node:
+        table = node.query(sql)
+    print_arrow(table, as_json=as_json)
+
+
+def main() -> None:
+    cli(prog_name="tongyuan")

@@ -1,0 +1,250 @@
+"""The node directory and its configuration file (`tongyuan.toml`).
+
+The config file is human-edited and commented, so changes made by commands
+(`children add`) go through tomlkit, which keeps comments and layout.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from node.divisions import Tier, lookup_division, tier_of
+from node.entities import Entity, entity_catalog, entity_from_config
+from node.errors import ConfigError, UserError
+
+CONFIG_FILE = "tongyuan.toml"
+STORE_FILE = "store.duckdb"
+RUN_DIR = "run"
+ADMIN_FILE = "admin.json"
+
+
+@dataclass(frozen=True)
+class Child:
+    code: str
+    address: str
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How this node pulls from its children and serves its parent."""
+
+    subscribe: bool = True
+    pull_interval_seconds: float = 5.0
+    batch_changes: int = 32768
+    apply_max_rows: int = 262144
+    heartbeat_seconds: float = 1.0
+    ack_interval_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    checkpoint_interval_seconds: float = 60.0
+    compact_interval_seconds: float = 300.0
+    parent_ack_timeout_days: float = 30.0
+    memory_limit: str = "1GB"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    directory: Path
+    code: str
+    name: str
+    tier: Tier
+    listen: str
+    department: str
+    children: tuple[Child, ...] = ()
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    entities: dict[str, Entity] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / CONFIG_FILE
+
+    @property
+    def store_path(self) -> Path:
+        return self.directory / STORE_FILE
+
+    @property
+    def admin_file(self) -> Path:
+        return self.directory / RUN_DIR / ADMIN_FILE
+
+
+def resolve_directory(option: str | None) -> Path:
+    """`--dir`, else `$TONGYUAN_DIR`, else the current directory."""
+    chosen = option or os.environ.get("TONGYUAN_DIR") or "."
+    return Path(chosen).expanduser().resolve()
+
+
+def validate_address(address: str, where: str) -> str:
+    """HOST:PORT with a numeric port; raises a UserError naming `where`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UserError(f"{where}: address {address!r} is not HOST:PORT")
+    return address
+
+
+def _section(doc: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return value
+
+
+def _settings(cls: type, values: dict[str, Any], path: Path, section: str) -> Any:
+    known = cls.__dataclass_fields__
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [{section}] has unknown setting {key!r}")
+        expected = type(getattr(cls(), key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise ConfigError(
+                f"{path}: [{section}] {key} must be a {expected.__name__}, got {value!r}"
+            )
+    return cls(**values)
+
+
+def load_config(directory: Path) -> NodeConfig:
+    """Read and check `DIR/tongyuan.toml`; every problem names the file and the setting."""
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"{directory} is not a Tongyuan node directory (no {CONFIG_FILE}); "
+            "run `tongyuan --dir DIR init --code CODE` first"
+        )
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    node = _section(doc, "node", path)
+    code = node.get("code")
+    if not isinstance(code, str):
+        raise ConfigError(f"{path}: [node] code must be a 6-digit division code string")
+    try:
+        division = lookup_division(code)
+    except UserError as exc:
+        raise ConfigError(f"{path}: [node] code: {exc}") from None
+    children: list[Child] = []
+    for i, child in enumerate(doc.get("children", []), start=1):
+        where = f"{path}: children #{i}"
+        if not isinstance(child, dict) or not isinstance(child.get("code"), str):
+            raise ConfigError(f"{where}: needs code and address")
+        address = child.get("address")
+        if not isinstance(address, str):
+            raise ConfigError(f"{where}: needs an address HOST:PORT")
+        validate_address(address, where)
+        children.append(Child(code=child["code"], address=address))
+    extra = [
+        entity_from_config(spec, f"{path}: entities #{i}")
+        for i, spec in enumerate(doc.get("entities", []), start=1)
+    ]
+    listen = node.get("listen", "127.0.0.1:0")
+    validate_address(str(listen), f"{path}: [node] listen")
+    return NodeConfig(
+        directory=directory,
+        code=code,
+        name=str(node.get("name") or division.name),
+        tier=tier_of(code),
+        listen=str(listen),
+        department=str(node.get("department", "unspecified")),
+        children=tuple(children),
+        sync=_settings(SyncSettings, _section(doc, "sync", path), path, "sync"),
+        store=_settings(StoreSettings, _section(doc, "store", path), path, "store"),
+        entities=entity_catalog(extra),
+    )
+
+
+def render_initial_config(code: str, name: str, listen: str) -> str:
+    """The commented config file `init` writes."""
+    tier = tier_of(code).value
+    return f"""# Tongyuan node configuration ({tier} node {code}).
+# Edit while the node is stopped, or use `tongyuan children add|remove` at any time.
+
+[node]
+code = "{code}"           # GB/T 2260 division code; decides the tier ({tier})
+name = "{name}"
+listen = "{listen}"   # federation address the parent pulls from
+department = "unspecified"   # default provider department for `ingest`
+
+[sync]
+subscribe = true              # keep a stream open to each child (changes arrive in ms)
+pull_interval_seconds = 5.0   # scheduled pull when a child's stream is down
+batch_changes = 32768         # change-log entries per wire message
+apply_max_rows = 262144       # rows applied per transaction during a backfill
+heartbeat_seconds = 1.0
+
+[store]
+checkpoint_interval_seconds = 60.0
+compact_interval_seconds = 300.0
+parent_ack_timeout_days = 30.0    # a parent silent this long no longer holds back compaction
+memory_limit = "1GB"
+
+# Children this node pulls from (city and province nodes):
+# [[children]]
+# code = "320102"
+# address = "10.0.0.12:7400"
+
+# Entities beyond the built-in person and legal_entity:
+# [[entities]]
+# name = "vehicle"
+# key = "plate"
+# columns = {{ plate = "string", owner_id_number = "string", registered_on = "date" }}
+"""
+
+
+def _edit_document(directory: Path) -> tuple[Path, tomlkit.TOMLDocument]:
+    path = directory / CONFIG_FILE
+    return path, tomlkit.parse(path.read_text(encoding="utf-8"))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_child(directory: Path, child: Child) -> None:
+    """Add a child to the config file, or change its address; comments are kept."""
+    path, doc = _edit_document(directory)
+    children = doc.get("children")
+    if children is None:
+        children = tomlkit.aot()
+        doc.append("children", children)
+    for entry in children:
+        if entry.get("code") == child.code:
+            entry["address"] = child.address
+            break
+    else:
+        table = tomlkit.table()
+        table["code"] = child.code
+        table["address"] = child.address
+        children.append(table)
+    _write_atomically(path, tomlkit.dumps(doc))
+
+
+def delete_child(directory: Path, code: str) -> bool:
+    """Remove a child from the config file; False if it was not listed."""
+    path, doc = _edit_document(directory)
+    children = doc.get("children")
+    if children is None:
+        return False
+    kept = [entry for entry in children if entry.get("code") != code]
+    if len(kept) == len(children):
+        return False
+    if kept:
+        new = tomlkit.aot()
+        for entry in kept:
+            new.append(entry)
+        doc["children"] = new
+    else:
+        del doc["children"]
+    _write_atomically(path, tomlkit.dumps(doc))
+    return True

@@ -1,0 +1,323 @@
+"""The parent's side of each parent–child link: a subscribe stream with scheduled pulls
+as the fallback, applying each group of windows and the checkpoint in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from node._gen.tongyuan.v1 import federation_pb2 as pb
+from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
+from node.config import Child, NodeConfig
+from node.errors import UserError
+from node.store import IncomingBatch, Store
+from node.wire import GRPC_MESSAGE_OPTIONS, BatchRejected, decode_batch
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    *GRPC_MESSAGE_OPTIONS,
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+_END = object()
+
+
+@dataclass
+class LinkStatus:
+    code: str
+    address: str
+    state: str
+    child_head: int | None
+    last_heartbeat: float | None
+    error: str | None
+
+
+class ChildLink:
+    """Pulls one child's changes: `streaming` while subscribed, `polling` when the
+    scheduler pulls because the stream is down, `down` when neither reaches the child."""
+
+    def __init__(self, child: Child, config: NodeConfig, store: Store) -> None:
+        self.child = child
+        self._config = config
+        self._store = store
+        self._channel = grpc.insecure_channel(child.address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.FederationStub(self._channel)
+        self._session = threading.Lock()
+        self._stopping = threading.Event()
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+        self._last_ack = 0.0
+        self._acked = -1
+        self.state = "connecting"
+        self.child_head: int | None = None
+        self.last_heartbeat: float | None = None
+        self.error: str | None = None
+        store.ensure_link(child.code)
+
+    # ----- control -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._config.sync.subscribe:
+            self._thread = threading.Thread(
+                target=self._stream_forever, name=f"link-{self.child.code}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop pulling; an apply in progress finishes (it holds the store's writer)."""
+        self._stopping.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._channel.close()
+        self.state = "stopped"
+
+    def status(self) -> LinkStatus:
+        return LinkStatus(
+            code=self.child.code,
+            address=self.child.address,
+            state=self.state,
+            child_head=self.child_head,
+            last_heartbeat=self.last_heartbeat,
+            error=self.error,
+        )
+
+    # ----- pulling -----------------------------------------------------------------
+
+    def _stream_forever(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            with self._session:
+                if self._stopping.is_set():
+                    break
+                ok = self._pull_session(follow=True)
+            if ok:
+                backoff = 0.2
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, max(self._config.sync.pull_interval_seconds, 1.0))
+
+    def poll(self) -> None:
+        """Scheduled job: pull once if the stream is not up; otherwise just acknowledge."""
+        if self._stopping.is_set():
+            return
+        if self.state == "streaming":
+            self._acknowledge(force=False)
+            return
+        if not self._session.acquire(blocking=False):
+            return
+        try:
+            if self._pull_session(follow=False):
+                self._acknowledge(force=True)
+        finally:
+            self._session.release()
+
+    def _pull_session(self, follow: bool) -> bool:
+        """One PullChanges call until it ends; returns False if it failed."""
+        link = self._store.link(self.child.code)
+        checkpoint = link.checkpoint if link else 0
+        request = pb.PullRequest(
+            parent_code=self._config.code,
+            after_seq=checkpoint,
+            follow=follow,
+            max_batch_changes=self._config.sync.batch_changes,
+        )
+        received: queue.Queue[Any] = queue.Queue(maxsize=8)
+        try:
+            call = self._stub.PullChanges(request, timeout=None if follow else 3600)
+        except grpc.RpcError as exc:
+            self._failed(exc)
+            return False
+        self._call = call
+        receiver = threading.Thread(
+            target=self._receive, args=(call, received), name=f"recv-{self.child.code}", daemon=True
+        )
+        receiver.start()
+        self.state = "streaming" if follow else "polling"
+        try:
+            self._apply_stream(received, follow)
+            if not follow:
+                self.state = "idle" if not self._config.sync.subscribe else self.state
+            self.error = None
+            return True
+        except grpc.RpcError as exc:
+            self._failed(exc)
+            return False
+        except (BatchRejected, UserError) as exc:
+            self._failed(exc)
+            return False
+        finally:
+            call.cancel()
+            self._call = None
+            receiver.join(timeout=5)
+
+    @staticmethod
+    def _receive(call: Any, received: queue.Queue[Any]) -> None:
+        try:
+            for message in call:
+                received.put(message)
+            received.put(_END)
+        except grpc.RpcError as exc:
+            received.put(exc)
+        except Exception as exc:  # noqa: BLE001 - surfaced to the applying thread
+            received.put(exc)
+
+    def _apply_stream(self, received: queue.Queue[Any], follow: bool) -> None:
+        silence = max(3 * self._config.sync.heartbeat_seconds, 2.0) if follow else 600.0
+        max_rows = self._config.sync.apply_max_rows
+        pending: Any = None
+        while not self._stopping.is_set():
+            if pending is None:
+                try:
+                    pending = received.get(timeout=silence)
+                except queue.Empty:
+                    raise UserError(
+                        f"child {self.child.code}: no data or heartbeat for {silence:.0f}s"
+                    ) from None
+            item, pending = pending, None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            group = [self._decode(item)]
+            rows = group[0].rows
+            while rows < max_rows and len(group) < 64:
+                try:
+                    nxt = received.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _END or isinstance(nxt, BaseException):
+                    pending = nxt
+                    break
+                batch = self._decode(nxt)
+                group.append(batch)
+                rows += batch.rows
+            self._apply(group)
+
+    def _decode(self, message: pb.ChangeBatch) -> IncomingBatch:
+        return decode_batch(message, self._config.entities, self.child.code)
+
+    def _apply(self, group: list[IncomingBatch]) -> None:
+        last = group[-1]
+        self.child_head = last.head_seq
+        self.last_heartbeat = time.time()
+        if any(b.last_seq > b.after_seq for b in group):
+            result = self._store.apply_batches(self.child.code, self._config.code, group)
+            if result.applied:
+                log.debug(
+                    "child %s: applied %d of %d rows, checkpoint %d",
+                    self.child.code,
+                    result.applied,
+                    result.received,
+                    result.checkpoint,
+                )
+        self._acknowledge(force=False)
+
+    def _acknowledge(self, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_ack < self._config.sync.ack_interval_seconds:
+            return
+        link = self._store.link(self.child.code)
+        if link is None or (link.checkpoint == self._acked and not force):
+            self._last_ack = now
+            return
+        try:
+            self._stub.Acknowledge(
+                pb.AckRequest(parent_code=self._config.code, applied_seq=link.checkpoint),
+                timeout=5,
+            )
+            self._acked = link.checkpoint
+        except grpc.RpcError as exc:
+            log.debug("child %s: acknowledge failed: %s", self.child.code, _describe(exc))
+        self._last_ack = now
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._stopping.is_set():
+            return
+        message = _describe(exc)
+        changed = message != self.error
+        self.state = "down"
+        self.error = message
+        if isinstance(exc, BatchRejected | UserError) and not isinstance(exc, grpc.RpcError):
+            log.warning("child %s: %s", self.child.code, message)
+            self._store.record_link_error(self.child.code, message)
+        elif changed:
+            log.info("child %s unreachable: %s", self.child.code, message)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return f"{code.name if code else 'RPC error'}: {details}"
+    return str(exc)
+
+
+class LinkManager:
+    """All of a parent's child links; children can be added and removed while serving."""
+
+    def __init__(self, config: NodeConfig, store: Store) -> None:
+        self._config = config
+        self._store = store
+        self._links: dict[str, ChildLink] = {}
+        self._lock = threading.Lock()
+        self._on_change: list[Callable[[str, ChildLink | None], None]] = []
+
+    def on_change(self, callback: Callable[[str, ChildLink | None], None]) -> None:
+        self._on_change.append(callback)
+
+    def start(self, children: tuple[Child, ...]) -> None:
+        for child in children:
+            self.add(child)
+
+    def add(self, child: Child) -> None:
+        with self._lock:
+            old = self._links.pop(child.code, None)
+        if old is not None:
+            old.stop()
+        link = ChildLink(child, self._config, self._store)
+        with self._lock:
+            self._links[child.code] = link
+        link.start()
+        for callback in self._on_change:
+            callback(child.code, link)
+
+    def remove(self, code: str) -> bool:
+        with self._lock:
+            link = self._links.pop(code, None)
+        if link is None:
+            return False
+        link.stop()
+        for callback in self._on_change:
+            callback(code, None)
+        return True
+
+    def get(self, code: str) -> ChildLink | None:
+        with self._lock:
+            return self._links.get(code)
+
+    def statuses(self) -> dict[str, LinkStatus]:
+        with self._lock:
+            links = list(self._links.values())
+        return {link.child.code: link.status() for link in links}
+
+    def stop(self) -> None:
+        with self._lock:
+            links = list(self._links.values())
+            self._links.clear()
+        for link in links:
+            link.stop()

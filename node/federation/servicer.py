@@ -1,0 +1,113 @@
+"""The Federation service a node serves to its parent: info, change windows, acks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from node import __version__
+from node._gen.tongyuan.v1 import federation_pb2 as pb
+from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
+from node.config import NodeConfig
+from node.divisions import lookup_division
+from node.errors import UserError
+from node.store import Store
+from node.wire import encode_window
+
+log = logging.getLogger(__name__)
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(self, config: NodeConfig, store: Store, stopping: threading.Event) -> None:
+        self._config = config
+        self._store = store
+        self._stopping = stopping
+        self._acks: dict[str, tuple[int, float]] = {}
+        self._ack_lock = threading.Lock()
+
+    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
+        return pb.NodeInfo(
+            code=self._config.code,
+            name=self._config.name,
+            tier=self._config.tier.value,
+            head_seq=self._store.head_seq,
+            version=__version__,
+            entities=[
+                pb.EntitySchema(name=e.name, key=e.key, columns=list(e.column_names))
+                for e in self._config.entities.values()
+            ],
+        )
+
+    def _check_parent(self, code: str, context: grpc.ServicerContext) -> None:
+        try:
+            lookup_division(code)
+        except UserError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"parent_code: {exc}")
+
+    def _note_ack(self, parent: str, seq: int) -> None:
+        """Persist a parent's ack when it moved, or at most once a minute otherwise."""
+        now = time.monotonic()
+        with self._ack_lock:
+            previous = self._acks.get(parent)
+            if previous and previous[0] >= seq and now - previous[1] < 60:
+                return
+            self._acks[parent] = (seq, now)
+        self._store.record_parent_ack(parent, seq)
+
+    def Acknowledge(self, request: pb.AckRequest, context: grpc.ServicerContext) -> pb.AckReply:
+        self._check_parent(request.parent_code, context)
+        if request.applied_seq > self._store.head_seq:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"ack {request.applied_seq} is beyond this node's head {self._store.head_seq}",
+            )
+        self._note_ack(request.parent_code, request.applied_seq)
+        return pb.AckReply(head_seq=self._store.head_seq)
+
+    def PullChanges(
+        self, request: pb.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ChangeBatch]:
+        self._check_parent(request.parent_code, context)
+        after = request.after_seq
+        head = self._store.head_seq
+        if after > head:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"parent {request.parent_code} asks for changes after {after}, but node "
+                f"{self._config.code} has only {head}: was this node's store replaced?",
+            )
+        self._note_ack(request.parent_code, after)
+        window_size = request.max_batch_changes or self._config.sync.batch_changes
+        heartbeat = self._config.sync.heartbeat_seconds
+        last_sent = time.monotonic()
+        log.info(
+            "parent %s pulls after seq %d (follow=%s, head %d)",
+            request.parent_code,
+            after,
+            request.follow,
+            head,
+        )
+        while context.is_active() and not self._stopping.is_set():
+            window = self._store.read_window(after, window_size)
+            if window.last_seq > after:
+                yield encode_window(window)
+                after = window.last_seq
+                last_sent = time.monotonic()
+                continue
+            if not request.follow:
+                return
+            wait = max(0.0, heartbeat - (time.monotonic() - last_sent))
+            if self._store.wait_for_head(after, wait) > after:
+                continue
+            if time.monotonic() - last_sent >= heartbeat:
+                yield pb.ChangeBatch(
+                    after_seq=after,
+                    last_seq=after,
+                    head_seq=self._store.head_seq,
+                    sent_at_us=time.time_ns() // 1000,
+                )
+                last_sent = time.monotonic()

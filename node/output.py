@@ -1,0 +1,102 @@
+"""Terminal output: tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=_json_value) + "\n")
+
+
+def print_arrow(table: pa.Table, *, as_json: bool, max_rows: int = 1000) -> None:
+    if as_json:
+        sys.stdout.write(
+            json.dumps(table.to_pylist(), ensure_ascii=False, default=_json_value) + "\n"
+        )
+        return
+    view = Table(show_lines=False)
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in table.slice(0, max_rows).to_pylist():
+        view.add_row(*("" if v is None else str(_json_value(v) if not isinstance(v, str) else v) for v in row.values()))
+    console.print(view)
+    shown = min(table.num_rows, max_rows)
+    note = f"{table.num_rows} row(s)" + (f", first {shown} shown" if shown < table.num_rows else "")
+    err_console.print(note, style="dim")
+
+
+def _fmt(value: object) -> str:
+    return "—" if value is None else str(value)
+
+
+def print_status(status: dict[str, Any]) -> None:
+    serving = "serving" if status["serving"] else "not serving"
+    console.print(
+        f"[bold]{status['name']}[/bold]  node {status['code']}  tier {status['tier']}  "
+        f"({serving} on {status['listen']})"
+    )
+    console.print(f"change log head: {status['head_seq']}")
+    parents = status["parents"]
+    if parents:
+        for parent in parents:
+            console.print(
+                f"parent {parent['code']}: acknowledged up to {parent['acked_seq']}, "
+                f"last seen {parent['last_seen']}"
+            )
+    else:
+        console.print("parent: none has pulled yet")
+    rows = Table(title="records")
+    rows.add_column("entity")
+    rows.add_column("rows", justify="right")
+    rows.add_column("by link")
+    for name, info in status["entities"].items():
+        by_link = ", ".join(f"{k}: {v}" for k, v in info["by_link"].items())
+        rows.add_row(name, str(info["rows"]), by_link)
+    console.print(rows)
+    if status["children"]:
+        print_children(status["children"])
+
+
+def print_children(children: list[dict[str, Any]]) -> None:
+    if not children:
+        console.print("no children")
+        return
+    view = Table(title="children")
+    for column in ("code", "name", "address", "state", "checkpoint", "lag", "lag s", "last pull", "rows", "error"):
+        view.add_column(column)
+    for child in children:
+        view.add_row(
+            child["code"],
+            child["name"],
+            child["address"],
+            child["state"],
+            _fmt(child["checkpoint"]),
+            _fmt(child["lag"]),
+            _fmt(child["lag_seconds"]),
+            _fmt(child["last_pull"]),
+            _fmt(child["rows"]),
+            _fmt(child["error"]),
+        )
+    console.print(view)

@@ -1,0 +1,194 @@
+"""`tongyuan serve`: wires the store, the gRPC servers, the child links and the scheduler,
+and shuts them down in order on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from datetime import timedelta
+from types import FrameType
+
+import grpc
+from apscheduler.schedulers.background import BackgroundScheduler
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node._gen.tongyuan.v1 import admin_pb2, federation_pb2
+from node._gen.tongyuan.v1 import admin_pb2_grpc, federation_pb2_grpc
+from node.admin import AdminEndpoint, AdminServicer, TokenInterceptor, new_token, read_endpoint, write_endpoint
+from node.config import NodeConfig
+from node.errors import ConfigError, UserError
+from node.federation.links import ChildLink, LinkManager
+from node.federation.servicer import FederationServicer
+from node.service import NodeService
+from node.store import Store
+from node.wire import GRPC_MESSAGE_OPTIONS
+
+log = logging.getLogger(__name__)
+
+FEDERATION_SERVICE = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+
+
+class NodeServer:
+    """A running node. `start()` then `wait()`; `stop()` from any thread or a signal."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.stopping = threading.Event()
+        self._stopped = threading.Event()
+        existing = read_endpoint(config.admin_file)
+        if existing is not None:
+            raise UserError(
+                f"node {config.code} in {config.directory} is already serving (pid {existing.pid})"
+            )
+        self.store = Store.open(
+            config.store_path, config.entities, memory_limit=config.store.memory_limit
+        )
+        identity = self.store.identity()
+        if identity.code != config.code:
+            self.store.close()
+            raise ConfigError(
+                f"{config.config_path}: [node] code is {config.code} but the store belongs to "
+                f"node {identity.code}"
+            )
+        self.health = health.HealthServicer()
+        self.links = LinkManager(config, self.store)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.federation = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="federation"),
+            options=GRPC_MESSAGE_OPTIONS,
+        )
+        federation_pb2_grpc.add_FederationServicer_to_server(
+            FederationServicer(config, self.store, self.stopping), self.federation
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.federation)
+        reflection.enable_server_reflection(
+            (FEDERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.federation
+        )
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        port = self._bind(self.federation, config.listen)
+        host = config.listen.rpartition(":")[0]
+        self.listen = f"{host}:{port}"
+        self.service = NodeService(config, self.store, self.links, listen=self.listen)
+        self.token = new_token()
+        self.admin = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="admin"),
+            options=GRPC_MESSAGE_OPTIONS,
+            interceptors=[TokenInterceptor(self.token)],
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.service), self.admin)
+        self.admin_port = self._bind(self.admin, "127.0.0.1:0")
+
+    def _bind(self, server: grpc.Server, address: str) -> int:
+        try:
+            port = int(server.add_insecure_port(address))
+        except RuntimeError as exc:
+            port = 0
+            log.debug("bind %s failed: %s", address, exc)
+        if port == 0:
+            self.store.close()
+            raise UserError(f"cannot listen on {address} (address in use or not local?)")
+        return port
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", FEDERATION_SERVICE):
+            self.health.set(name, status)
+
+    def _schedule_child(self, code: str, link: ChildLink | None) -> None:
+        job_id = f"pull-{code}"
+        if self.scheduler.get_job(job_id):
+            self.scheduler.remove_job(job_id)
+        if link is not None:
+            self.scheduler.add_job(
+                link.poll,
+                "interval",
+                seconds=self.config.sync.pull_interval_seconds,
+                id=job_id,
+                max_instances=1,
+                coalesce=True,
+            )
+
+    def start(self) -> None:
+        self.federation.start()
+        self.admin.start()
+        write_endpoint(
+            self.config.admin_file,
+            AdminEndpoint(
+                pid=os.getpid(),
+                address=f"127.0.0.1:{self.admin_port}",
+                token=self.token,
+                listen=self.listen,
+            ),
+        )
+        store_settings = self.config.store
+        self.scheduler.add_job(
+            self.store.checkpoint,
+            "interval",
+            seconds=store_settings.checkpoint_interval_seconds,
+            id="checkpoint",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self._compact,
+            "interval",
+            seconds=store_settings.compact_interval_seconds,
+            id="compact",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.links.on_change(self._schedule_child)
+        self.scheduler.start()
+        self.links.start(self.config.children)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "node %s (%s, %s) serving federation on %s",
+            self.config.code,
+            self.config.tier.value,
+            self.config.name,
+            self.listen,
+        )
+
+    def _compact(self) -> None:
+        removed = self.store.compact(timedelta(days=self.config.store.parent_ack_timeout_days))
+        if removed:
+            log.info("compacted %d acknowledged tombstones", removed)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def wait(self) -> None:
+        self.stopping.wait()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        log.info("node %s shutting down", self.config.code)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.links.stop()
+        self.scheduler.shutdown(wait=True)
+        self.federation.stop(grace=2).wait()
+        self.admin.stop(grace=5).wait()
+        self.store.close()
+        try:
+            self.config.admin_file.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("node %s stopped", self.config.code)
+        self._stopped.set()
+
+
+def serve(config: NodeConfig) -> None:
+    """Run a node until SIGTERM or SIGINT."""
+    server = NodeServer(config)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    server.wait()

@@ -1,0 +1,192 @@
+"""The node's operations as the CLI and the admin API see them.
+
+One object, two ways in: the CLI calls it directly when the node is not serving, and
+the admin servicer calls it inside a serving node. Either way it talks to the store
+by intent and to the link manager when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from node.config import Child, NodeConfig, delete_child, save_child, validate_address
+from node.divisions import Tier, is_within, lookup_division
+from node.errors import UserError
+from node.federation.links import LinkManager
+from node.readers import read_source_file
+from node.store import Store
+
+Progress = Callable[[str, int, int], None]
+_TIER_RANK = {Tier.COUNTY: 0, Tier.CITY: 1, Tier.PROVINCE: 2}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds") if value else None
+
+
+class NodeService:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: Store,
+        links: LinkManager | None = None,
+        listen: str | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.links = links
+        self.listen = listen
+        self._children: dict[str, Child] = {c.code: c for c in config.children}
+
+    @property
+    def serving(self) -> bool:
+        return self.links is not None
+
+    # ----- ingest and query -------------------------------------------------------
+
+    def ingest(
+        self,
+        resource: str,
+        path: Path,
+        *,
+        snapshot: bool = False,
+        department: str | None = None,
+        file_format: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        entity = self.config.entities.get(resource)
+        if entity is None:
+            known = ", ".join(sorted(self.config.entities))
+            raise UserError(f"unknown resource {resource!r} on node {self.config.code}; known: {known}")
+        if progress:
+            progress("reading", 0, 0)
+        source = read_source_file(path, file_format)
+        result = self.store.ingest(
+            entity,
+            source.table,
+            file_label=str(path.name),
+            locate=source.locate,
+            origin_node=self.config.code,
+            department=department or self.config.department,
+            snapshot=snapshot,
+            progress=progress,
+        )
+        return asdict(result) | {"changes": result.changes, "node": self.config.code}
+
+    def query(self, sql: str) -> pa.Table:
+        return self.store.query(sql)
+
+    # ----- children --------------------------------------------------------------
+
+    def _check_child(self, code: str, address: str) -> None:
+        division = lookup_division(code)
+        if division.retired:
+            raise UserError(f"child {code}: division code {code} ({division.name}) is retired")
+        if code == self.config.code:
+            raise UserError(f"child {code}: a node cannot be its own child")
+        if self.config.tier is Tier.COUNTY:
+            raise UserError(f"node {self.config.code} is a county node: it has no children")
+        if not is_within(code, self.config.code):
+            raise UserError(
+                f"child {code} ({division.name}) is not within {self.config.code} "
+                f"({self.config.name}); only divisions below this node can be its children"
+            )
+        if _TIER_RANK[division.tier] >= _TIER_RANK[self.config.tier]:
+            raise UserError(f"child {code} is a {division.tier.value}, not below this node")
+        validate_address(address, f"child {code}")
+
+    def add_child(self, code: str, address: str) -> list[dict[str, Any]]:
+        self._check_child(code, address)
+        child = Child(code=code, address=address)
+        save_child(self.config.directory, child)
+        self._children[code] = child
+        self.store.ensure_link(code)
+        if self.links is not None:
+            self.links.add(child)
+        return self.list_children()
+
+    def remove_child(self, code: str) -> list[dict[str, Any]]:
+        """Stop pulling from a child. Records it sent stay: they belong to their origin."""
+        if code not in self._children:
+            raise UserError(f"{code} is not a child of node {self.config.code}")
+        delete_child(self.config.directory, code)
+        del self._children[code]
+        if self.links is not None:
+            self.links.remove(code)
+        return self.list_children()
+
+    def list_children(self) -> list[dict[str, Any]]:
+        records = {lk.child_code: lk for lk in self.store.links()}
+        live = self.links.statuses() if self.links is not None else {}
+        rows_by_link: dict[str, int] = {}
+        for counts in self.store.entity_counts().values():
+            for via, n in counts["by_link"].items():
+                rows_by_link[via] = rows_by_link.get(via, 0) + n
+        now = datetime.now(UTC)
+        result = []
+        for code, child in sorted(self._children.items()):
+            record = records.get(code)
+            status = live.get(code)
+            checkpoint = record.checkpoint if record else 0
+            head = status.child_head if status and status.child_head is not None else None
+            if head is None and record is not None:
+                head = record.child_head
+            lag = max(head - checkpoint, 0) if head is not None else None
+            lag_seconds: float | None = None
+            if lag == 0:
+                lag_seconds = 0.0
+            elif lag is not None and record is not None and record.caught_up_at is not None:
+                lag_seconds = round((now - record.caught_up_at).total_seconds(), 3)
+            result.append(
+                {
+                    "code": code,
+                    "name": lookup_division(code).name,
+                    "address": child.address,
+                    "state": status.state if status else "offline",
+                    "checkpoint": checkpoint,
+                    "child_head": head,
+                    "lag": lag,
+                    "lag_seconds": lag_seconds,
+                    "last_pull": _iso(record.last_pull) if record else None,
+                    "rows_applied": record.rows_applied if record else 0,
+                    "rows": rows_by_link.get(code, 0),
+                    "error": (status.error if status else None)
+                    or (record.last_error if record else None),
+                }
+            )
+        return result
+
+    # ----- status ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        identity = self.store.identity()
+        counts = self.store.entity_counts()
+        return {
+            "code": identity.code,
+            "name": self.config.name,
+            "tier": identity.tier,
+            "node_id": identity.node_id,
+            "serving": self.serving,
+            "listen": self.listen or self.config.listen,
+            "head_seq": self.store.head_seq,
+            "parents": [
+                {
+                    "code": p.parent_code,
+                    "acked_seq": p.acked_seq,
+                    "last_seen": _iso(p.last_seen),
+                }
+                for p in self.store.parents()
+            ],
+            "children": self.list_children(),
+            "entities": counts,
+            "rows": {name: c["rows"] for name, c in counts.items()},
+            "recent_ingests": [
+                {**i, "finished_at": _iso(i["finished_at"])} for i in self.store.last_ingests()
+            ],
+        }

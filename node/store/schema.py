@@ -1,0 +1,133 @@
+"""The store's schema: named, recorded migrations for the node's own tables, and one
+table per entity that is at once the current records and the compacted change log.
+
+Each entity table `tongyuan.rows_<entity>` holds one row per identity
+(origin_node, key): its latest version, or a tombstone (`_deleted`) if deleted. `_seq` is
+the local change-log sequence of that version, so "changes since N" is
+`WHERE _seq > N` and the log never holds intermediate versions. There is deliberately
+no key constraint: DuckDB's keyed upserts are 20–60× slower than set-based
+delete-and-insert, so uniqueness is kept by the apply logic and checked by tests.
+A view `main.<entity>` shows the live records with their lineage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+from node.entities import Entity
+from node.errors import ConfigError
+
+MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "0001_core",
+        (
+            "CREATE TABLE tongyuan.meta (key VARCHAR NOT NULL, value VARCHAR)",
+            "CREATE TABLE tongyuan.head (seq BIGINT NOT NULL)",
+            "INSERT INTO tongyuan.head VALUES (0)",
+            """CREATE TABLE tongyuan.links (
+                child_code VARCHAR NOT NULL,
+                checkpoint BIGINT NOT NULL DEFAULT 0,
+                child_head BIGINT,
+                last_pull TIMESTAMPTZ,
+                caught_up_at TIMESTAMPTZ,
+                rows_applied BIGINT NOT NULL DEFAULT 0,
+                batches_applied BIGINT NOT NULL DEFAULT 0,
+                last_error VARCHAR,
+                last_error_at TIMESTAMPTZ
+            )""",
+            """CREATE TABLE tongyuan.parents (
+                parent_code VARCHAR NOT NULL,
+                acked_seq BIGINT NOT NULL,
+                first_seen TIMESTAMPTZ NOT NULL,
+                last_seen TIMESTAMPTZ NOT NULL
+            )""",
+            """CREATE TABLE tongyuan.ingest_batches (
+                batch_id VARCHAR NOT NULL,
+                entity VARCHAR NOT NULL,
+                file VARCHAR NOT NULL,
+                department VARCHAR,
+                snapshot BOOLEAN NOT NULL,
+                rows_read BIGINT NOT NULL,
+                inserted BIGINT NOT NULL,
+                updated BIGINT NOT NULL,
+                deleted BIGINT NOT NULL,
+                first_seq BIGINT,
+                last_seq BIGINT,
+                finished_at TIMESTAMPTZ NOT NULL
+            )""",
+        ),
+    ),
+)
+
+
+def quote(identifier: str) -> str:
+    """Quote an identifier that has already been checked against the entity name rules."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def entity_table(entity: Entity) -> str:
+    return f"tongyuan.{quote('rows_' + entity.name)}"
+
+
+def apply_migrations(cur: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations not yet recorded, in order; returns the names applied."""
+    cur.execute("CREATE SCHEMA IF NOT EXISTS tongyuan")
+    cur.execute(
+        "CREATE TABLE IF NOT EXISTS tongyuan.migrations "
+        "(name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    done = {row[0] for row in cur.execute("SELECT name FROM tongyuan.migrations").fetchall()}
+    applied = []
+    for name, statements in MIGRATIONS:
+        if name in done:
+            continue
+        for statement in statements:
+            cur.execute(statement)
+        cur.execute("INSERT INTO tongyuan.migrations (name) VALUES (?)", [name])
+        applied.append(name)
+    return applied
+
+
+def _existing_columns(cur: duckdb.DuckDBPyConnection, table_name: str) -> dict[str, str]:
+    rows = cur.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'tongyuan' AND table_name = ? ORDER BY ordinal_position",
+        [table_name],
+    ).fetchall()
+    return {name: type_ for name, type_ in rows}
+
+
+def ensure_entity_tables(cur: duckdb.DuckDBPyConnection, entities: Sequence[Entity]) -> None:
+    """Create each entity's table and view; add columns a config gained (never drop)."""
+    for entity in entities:
+        table = entity_table(entity)
+        existing = _existing_columns(cur, "rows_" + entity.name)
+        if not existing:
+            columns = ", ".join(f"{quote(c.name)} {c.sql_type}" for c in entity.columns)
+            cur.execute(
+                f"CREATE TABLE {table} ({columns}, _deleted BOOLEAN NOT NULL, "
+                "origin_node VARCHAR NOT NULL, origin_seq BIGINT NOT NULL, origin_dept VARCHAR, "
+                "origin_batch VARCHAR, origin_time TIMESTAMPTZ, _seq BIGINT NOT NULL, "
+                "_via VARCHAR NOT NULL, _applied_at TIMESTAMPTZ NOT NULL)"
+            )
+        else:
+            for column in entity.columns:
+                have = existing.get(column.name)
+                if have is None:
+                    cur.execute(
+                        f"ALTER TABLE {table} ADD COLUMN {quote(column.name)} {column.sql_type}"
+                    )
+                elif have != column.sql_type:
+                    raise ConfigError(
+                        f"entity {entity.name!r}: column {column.name!r} is {have} in the store "
+                        f"but {column.sql_type} in the config; changing a type needs a model "
+                        "migration"
+                    )
+        select = ", ".join(quote(c.name) for c in entity.columns)
+        cur.execute(
+            f"CREATE OR REPLACE VIEW main.{quote(entity.name)} AS SELECT {select}, origin_node, "
+            "origin_seq, origin_dept, origin_batch, origin_time, _applied_at AS applied_at "
+            f"FROM {table} WHERE NOT _deleted"
+        )

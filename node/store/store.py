@@ -1,0 +1,715 @@
+"""The node's store: every SQL statement the node runs, behind methods named by intent.
+
+Other modules ask `store.ingest(...)`, `store.apply_batches(...)`,
+`store.read_window(...)`; none of them writes SQL. A second implementation (for
+example Parquet/Iceberg for a province's collected data) would implement the same
+methods.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from node.entities import Column, Entity
+from node.errors import InputFileError, UserError
+from node.store.database import Database
+from node.store.schema import apply_migrations, ensure_entity_tables, entity_table, quote
+
+Progress = Callable[[str, int, int], None]
+MAX_REPORTED_ERRORS = 5
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Identity:
+    code: str
+    name: str
+    tier: str
+    node_id: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    batch_id: str
+    entity: str
+    file: str
+    snapshot: bool
+    rows_read: int
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+    first_seq: int | None
+    last_seq: int | None
+
+    @property
+    def changes(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
+
+@dataclass(frozen=True)
+class ChangeWindow:
+    """Changes (after_seq, last_seq] of this node's log, one Arrow table per entity."""
+
+    after_seq: int
+    last_seq: int
+    head_seq: int
+    tables: dict[str, pa.Table]
+
+
+@dataclass(frozen=True)
+class IncomingBatch:
+    """A decoded window from a child, ready to apply."""
+
+    after_seq: int
+    last_seq: int
+    head_seq: int
+    tables: dict[str, pa.Table]
+
+    @property
+    def rows(self) -> int:
+        return sum(t.num_rows for t in self.tables.values())
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    checkpoint: int
+    received: int
+    applied: int
+    redelivered: bool
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    child_code: str
+    checkpoint: int
+    child_head: int | None
+    last_pull: datetime | None
+    caught_up_at: datetime | None
+    rows_applied: int
+    batches_applied: int
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ParentRecord:
+    parent_code: str
+    acked_seq: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+class BatchGap(UserError):
+    """A child sent a window that starts after our checkpoint: applying it would lose data."""
+
+
+@dataclass
+class _Validation:
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, message: str) -> None:
+        if len(self.problems) < MAX_REPORTED_ERRORS:
+            self.problems.append(message)
+
+
+class Store:
+    """A node's DuckDB store."""
+
+    def __init__(self, db: Database, entities: dict[str, Entity]) -> None:
+        self.db = db
+        self.entities = entities
+        self._head = self._read_head()
+
+    # ----- lifecycle ---------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, path: Path, *, code: str, name: str, tier: str, entities: dict[str, Entity]
+    ) -> Store:
+        """Create a new store with the node's identity; refuses an existing file."""
+        if path.exists():
+            raise UserError(f"{path} already exists; refusing to overwrite a node's store")
+        db = Database(path)
+        with db.write() as cur:
+            apply_migrations(cur)
+            ensure_entity_tables(cur, list(entities.values()))
+            identity = {
+                "code": code,
+                "name": name,
+                "tier": tier,
+                "node_id": str(uuid.uuid4()),
+                "created_at": _now().isoformat(timespec="seconds"),
+            }
+            cur.executemany("INSERT INTO tongyuan.meta VALUES (?, ?)", list(identity.items()))
+        return cls(db, entities)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        entities: dict[str, Entity],
+        *,
+        read_only: bool = False,
+        memory_limit: str = "1GB",
+    ) -> Store:
+        if not path.exists():
+            raise UserError(f"store {path} does not exist; run `tongyuan init` first")
+        db = Database(path, read_only=read_only, memory_limit=memory_limit)
+        if not read_only:
+            with db.write() as cur:
+                apply_migrations(cur)
+                ensure_entity_tables(cur, list(entities.values()))
+        return cls(db, entities)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def checkpoint(self) -> None:
+        self.db.checkpoint()
+
+    # ----- identity and heads ------------------------------------------------------
+
+    def identity(self) -> Identity:
+        with self.db.read() as cur:
+            values = dict(cur.execute("SELECT key, value FROM tongyuan.meta").fetchall())
+        return Identity(
+            code=values["code"],
+            name=values["name"],
+            tier=values["tier"],
+            node_id=values["node_id"],
+            created_at=values["created_at"],
+        )
+
+    def _read_head(self) -> int:
+        with self.db.read() as cur:
+            row = cur.execute("SELECT seq FROM tongyuan.head").fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def head_seq(self) -> int:
+        return self._head
+
+    def wait_for_head(self, after: int, timeout: float) -> int:
+        """Block until the change log passes `after` or `timeout` elapses; returns the head."""
+        with self.db.head_changed:
+            if self._head <= after and not self.db.closed:
+                self.db.head_changed.wait(timeout)
+        return self._head
+
+    def _advance_head(self, cur: duckdb.DuckDBPyConnection, count: int) -> tuple[int, int]:
+        """Reserve `count` sequence numbers inside the current write; returns (base, new head)."""
+        base = int(cur.execute("SELECT seq FROM tongyuan.head").fetchone()[0])  # type: ignore[index]
+        if count:
+            cur.execute("UPDATE tongyuan.head SET seq = ?", [base + count])
+        return base, base + count
+
+    def _committed(self, head: int) -> None:
+        if head != self._head:
+            self._head = head
+            self.db.notify_head()
+
+    # ----- local ingest -------------------------------------------------------------
+
+    def ingest(
+        self,
+        entity: Entity,
+        source: pa.Table,
+        *,
+        file_label: str,
+        locate: Callable[[int], str],
+        origin_node: str,
+        department: str,
+        snapshot: bool,
+        progress: Progress | None = None,
+    ) -> IngestResult:
+        """Validate a file's rows and apply its effective changes in one transaction.
+
+        Rows equal to the stored version produce no change; with `snapshot`, this
+        node's records missing from the file become deletes. Any problem raises
+        InputFileError naming file, row and column, and nothing is written.
+        """
+        report = progress or (lambda phase, done, total: None)
+        self._check_columns(entity, source, file_label)
+        rows = source.num_rows
+        src = source.append_column("_row", pa.array(np.arange(rows, dtype=np.int64)))
+        table = entity_table(entity)
+        key = quote(entity.key)
+        batch_id = uuid.uuid4().hex[:16]
+        now = _now()
+        with self.db.write(arrow={"ingest_source": src}) as cur:
+            report("validating", 0, rows)
+            self._stage(cur, entity, source.column_names)
+            self._validate_stage(cur, entity, source, file_label, locate)
+            report("comparing", rows, rows)
+            compare = " OR ".join(
+                f"s.{quote(c)} IS DISTINCT FROM c.{quote(c)}"
+                for c in entity.column_names
+                if c != entity.key
+            )
+            current = f"(SELECT * FROM {table} WHERE origin_node = ? AND NOT _deleted)"
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE ingest_delta AS "
+                f"SELECT s.*, c.{key} IS NULL AS _is_new FROM ingest_stage s "
+                f"LEFT JOIN {current} c ON s.{key} = c.{key} "
+                f"WHERE c.{key} IS NULL OR {compare or 'false'}",
+                [origin_node],
+            )
+            only_snapshot = "" if snapshot else "AND false"
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE ingest_gone AS SELECT c.{key} FROM {current} c "
+                f"WHERE NOT EXISTS (SELECT 1 FROM ingest_stage s WHERE s.{key} = c.{key}) "
+                f"{only_snapshot}",
+                [origin_node],
+            )
+            inserted, updated = cur.execute(
+                "SELECT count(*) FILTER (_is_new), count(*) FILTER (NOT _is_new) "
+                "FROM ingest_delta"
+            ).fetchone()  # type: ignore[misc]
+            (deleted,) = cur.execute("SELECT count(*) FROM ingest_gone").fetchone()  # type: ignore[misc]
+            changes = int(inserted) + int(updated) + int(deleted)
+            report("applying", 0, changes)
+            base, head = self._advance_head(cur, changes)
+            if changes:
+                self._write_ingest(cur, entity, origin_node, department, batch_id, now, base)
+            n_delta = int(inserted) + int(updated)
+            result = IngestResult(
+                batch_id=batch_id,
+                entity=entity.name,
+                file=file_label,
+                snapshot=snapshot,
+                rows_read=rows,
+                inserted=int(inserted),
+                updated=int(updated),
+                deleted=int(deleted),
+                unchanged=rows - n_delta,
+                first_seq=base + 1 if changes else None,
+                last_seq=head if changes else None,
+            )
+            cur.execute(
+                "INSERT INTO tongyuan.ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    batch_id,
+                    entity.name,
+                    file_label,
+                    department,
+                    snapshot,
+                    rows,
+                    result.inserted,
+                    result.updated,
+                    result.deleted,
+                    result.first_seq,
+                    result.last_seq,
+                    now,
+                ],
+            )
+            report("applying", changes, changes)
+            for temp in ("ingest_stage", "ingest_delta", "ingest_gone"):
+                cur.execute(f"DROP TABLE {temp}")
+        self._committed(head)
+        return result
+
+    @staticmethod
+    def _check_columns(entity: Entity, source: pa.Table, file_label: str) -> None:
+        names = source.column_names
+        unknown = [n for n in names if n not in entity.column_names]
+        missing = [n for n in entity.column_names if n not in names]
+        if unknown:
+            raise InputFileError(
+                f"{file_label}: column {', '.join(map(repr, unknown))} is not part of resource "
+                f"{entity.name!r} (its columns: {', '.join(entity.column_names)})"
+            )
+        if missing:
+            raise InputFileError(
+                f"{file_label}: missing column {', '.join(map(repr, missing))} of resource "
+                f"{entity.name!r} (the header must name all of: {', '.join(entity.column_names)})"
+            )
+
+    @staticmethod
+    def _typed(column: Column, raw: str) -> str:
+        """SQL turning a trimmed text value into the column's type, NULL if it does not fit."""
+        if column.type == "string":
+            return raw
+        if column.type == "date":
+            return (
+                f"COALESCE(TRY_CAST({raw} AS DATE), "
+                f"CAST(TRY_STRPTIME({raw}, ['%Y%m%d', '%Y/%m/%d', '%Y.%m.%d']) AS DATE))"
+            )
+        return f"TRY_CAST({raw} AS {column.sql_type})"
+
+    def _stage(self, cur: duckdb.DuckDBPyConnection, entity: Entity, names: list[str]) -> None:
+        raw = ", ".join(f"NULLIF(trim({quote(n)}), '') AS {quote(n)}" for n in names)
+        typed = ", ".join(
+            f"{self._typed(c, 'r.' + quote(c.name))} AS {quote(c.name)}" for c in entity.columns
+        )
+        bad = (
+            " OR ".join(
+                f"(r.{quote(c.name)} IS NOT NULL AND {self._typed(c, 'r.' + quote(c.name))} IS NULL)"
+                for c in entity.columns
+                if c.type != "string"
+            )
+            or "false"
+        )
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE ingest_stage AS SELECT r._row, {typed}, "
+            f"({bad}) AS _bad FROM (SELECT _row, {raw} FROM ingest_source) r"
+        )
+
+    def _validate_stage(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        source: pa.Table,
+        file_label: str,
+        locate: Callable[[int], str],
+    ) -> None:
+        found = _Validation()
+        bad_rows = [
+            int(r[0])
+            for r in cur.execute(
+                f"SELECT _row FROM ingest_stage WHERE _bad ORDER BY _row LIMIT {MAX_REPORTED_ERRORS}"
+            ).fetchall()
+        ]
+        for row in bad_rows:
+            for column in entity.columns:
+                if column.type == "string":
+                    continue
+                raw_value = source.column(column.name)[row].as_py()
+                if raw_value is None or not str(raw_value).strip():
+                    continue
+                (ok,) = cur.execute(
+                    f"SELECT {self._typed(column, '$1')} IS NOT NULL", [str(raw_value).strip()]
+                ).fetchone()  # type: ignore[misc]
+                if not ok:
+                    found.add(
+                        f"{file_label} {locate(row)}, column {column.name}: "
+                        f"{raw_value!r} is not a valid {column.type}"
+                    )
+        key = quote(entity.key)
+        for (row,) in cur.execute(
+            f"SELECT _row FROM ingest_stage WHERE {key} IS NULL ORDER BY _row "
+            f"LIMIT {MAX_REPORTED_ERRORS}"
+        ).fetchall():
+            found.add(f"{file_label} {locate(int(row))}, column {entity.key}: key is empty")
+        for value, rows in cur.execute(
+            f"SELECT {key}, list(_row ORDER BY _row) FROM ingest_stage WHERE {key} IS NOT NULL "
+            f"GROUP BY {key} HAVING count(*) > 1 ORDER BY min(_row) LIMIT {MAX_REPORTED_ERRORS}"
+        ).fetchall():
+            where = " and ".join(locate(int(r)) for r in rows[:3])
+            more = f" (and {len(rows) - 3} more)" if len(rows) > 3 else ""
+            found.add(
+                f"{file_label}: duplicate key {entity.key}={value!r} at {where}{more}, "
+                f"column {entity.key}"
+            )
+        if found.problems:
+            count = len(found.problems)
+            head = "" if count == 1 else f"{count} problems (first {count} shown; nothing imported):\n  "
+            raise InputFileError(head + "\n  ".join(found.problems))
+
+    def _write_ingest(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        origin_node: str,
+        department: str,
+        batch_id: str,
+        now: datetime,
+        base: int,
+    ) -> None:
+        table = entity_table(entity)
+        key = quote(entity.key)
+        cols = ", ".join(quote(c) for c in entity.column_names)
+        nulls = ", ".join(key if c == entity.key else "NULL" for c in entity.column_names)
+        cur.execute(
+            f"DELETE FROM {table} WHERE origin_node = ? AND {key} IN "
+            f"(SELECT {key} FROM ingest_delta UNION ALL SELECT {key} FROM ingest_gone)",
+            [origin_node],
+        )
+        cur.execute(
+            f"INSERT INTO {table} SELECT {cols}, false, ?, ? + row_number() OVER (ORDER BY _row), "
+            "?, ?, ?, ? + row_number() OVER (ORDER BY _row), ?, ? FROM ingest_delta",
+            [origin_node, base, department, batch_id, now, base, origin_node, now],
+        )
+        (n_delta,) = cur.execute("SELECT count(*) FROM ingest_delta").fetchone()  # type: ignore[misc]
+        tomb_base = base + int(n_delta)
+        cur.execute(
+            f"INSERT INTO {table} SELECT {nulls}, true, ?, ? + row_number() OVER (ORDER BY {key}), "
+            f"?, ?, ?, ? + row_number() OVER (ORDER BY {key}), ?, ? FROM ingest_gone",
+            [origin_node, tomb_base, department, batch_id, now, tomb_base, origin_node, now],
+        )
+
+    # ----- serving a parent ----------------------------------------------------------
+
+    def read_window(self, after_seq: int, max_changes: int) -> ChangeWindow:
+        """The next window of the change log after `after_seq`, at most `max_changes` long."""
+        head = self._head
+        last = min(head, after_seq + max_changes)
+        tables: dict[str, pa.Table] = {}
+        if last > after_seq:
+            with self.db.read() as cur:
+                for entity in self.entities.values():
+                    cols = ", ".join(quote(c) for c in entity.column_names)
+                    table = cur.sql(
+                        f"SELECT {cols}, _deleted, origin_node, origin_seq, origin_dept, "
+                        f"origin_batch, origin_time FROM {entity_table(entity)} "
+                        f"WHERE _seq > {int(after_seq)} AND _seq <= {int(last)}"
+                    ).to_arrow_table()
+                    if table.num_rows:
+                        tables[entity.name] = table
+        return ChangeWindow(after_seq=after_seq, last_seq=last, head_seq=head, tables=tables)
+
+    def record_parent_ack(self, parent_code: str, acked_seq: int) -> None:
+        """Remember how far a parent has durably applied our log (bounds compaction)."""
+        now = _now()
+        with self.db.write() as cur:
+            row = cur.execute(
+                "SELECT first_seen, acked_seq FROM tongyuan.parents WHERE parent_code = ?",
+                [parent_code],
+            ).fetchone()
+            first_seen = row[0] if row else now
+            acked = max(acked_seq, int(row[1])) if row else acked_seq
+            cur.execute("DELETE FROM tongyuan.parents WHERE parent_code = ?", [parent_code])
+            cur.execute(
+                "INSERT INTO tongyuan.parents VALUES (?, ?, ?, ?)",
+                [parent_code, acked, first_seen, now],
+            )
+
+    def parents(self) -> list[ParentRecord]:
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT parent_code, acked_seq, first_seen, last_seen FROM tongyuan.parents "
+                "ORDER BY last_seen DESC"
+            ).fetchall()
+        return [ParentRecord(r[0], int(r[1]), r[2], r[3]) for r in rows]
+
+    def compact(self, parent_timeout: timedelta) -> int:
+        """Drop tombstones every active parent has applied; returns how many went.
+
+        The log already keeps only the latest version per record, which is exactly
+        what a new parent needs for a full backfill; tombstones are only needed by
+        parents that hold the record, so they go once acknowledged. With no parent
+        ever seen, nobody above holds anything and all tombstones go.
+        """
+        cutoff = _now() - parent_timeout
+        active = [p.acked_seq for p in self.parents() if p.last_seen >= cutoff]
+        floor = min(active) if active else self._head
+        removed = 0
+        with self.db.write() as cur:
+            for entity in self.entities.values():
+                (n,) = cur.execute(
+                    f"SELECT count(*) FROM {entity_table(entity)} WHERE _deleted AND _seq <= ?",
+                    [floor],
+                ).fetchone()  # type: ignore[misc]
+                if n:
+                    cur.execute(
+                        f"DELETE FROM {entity_table(entity)} WHERE _deleted AND _seq <= ?", [floor]
+                    )
+                    removed += int(n)
+        return removed
+
+    # ----- pulling from children --------------------------------------------------------
+
+    def ensure_link(self, child_code: str) -> None:
+        with self.db.write() as cur:
+            self._ensure_link(cur, child_code)
+
+    @staticmethod
+    def _ensure_link(cur: duckdb.DuckDBPyConnection, child_code: str) -> int:
+        row = cur.execute(
+            "SELECT checkpoint FROM tongyuan.links WHERE child_code = ?", [child_code]
+        ).fetchone()
+        if row is None:
+            cur.execute("INSERT INTO tongyuan.links (child_code) VALUES (?)", [child_code])
+            return 0
+        return int(row[0])
+
+    def links(self) -> list[LinkRecord]:
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT child_code, checkpoint, child_head, last_pull, caught_up_at, rows_applied, "
+                "batches_applied, last_error, last_error_at FROM tongyuan.links ORDER BY child_code"
+            ).fetchall()
+        return [
+            LinkRecord(r[0], int(r[1]), r[2], r[3], r[4], int(r[5]), int(r[6]), r[7], r[8])
+            for r in rows
+        ]
+
+    def link(self, child_code: str) -> LinkRecord | None:
+        return next((lk for lk in self.links() if lk.child_code == child_code), None)
+
+    def record_link_error(self, child_code: str, message: str) -> None:
+        with self.db.write() as cur:
+            self._ensure_link(cur, child_code)
+            cur.execute(
+                "UPDATE tongyuan.links SET last_error = ?, last_error_at = ? WHERE child_code = ?",
+                [message[:2000], _now(), child_code],
+            )
+
+    def apply_batches(
+        self, child_code: str, self_code: str, batches: Sequence[IncomingBatch]
+    ) -> ApplyResult:
+        """Apply consecutive windows from a child and advance its checkpoint, atomically.
+
+        Within each record identity (origin_node, key) the higher origin_seq wins, so
+        re-delivery, overlap and arrival by another path are no-ops. A window starting
+        after the checkpoint is refused: applying it would skip changes.
+        """
+        now = _now()
+        received = sum(b.rows for b in batches)
+        incoming: dict[str, pa.Table] = {}
+        for name in self.entities:
+            parts = [b.tables[name] for b in batches if name in b.tables]
+            if parts:
+                incoming[name] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        with self.db.write(arrow={f"incoming_{n}": t for n, t in incoming.items()}) as cur:
+            checkpoint = self._ensure_link(cur, child_code)
+            fresh = [b for b in batches if b.last_seq > checkpoint]
+            if not fresh:
+                return ApplyResult(checkpoint, received, 0, redelivered=True)
+            if fresh[0].after_seq > checkpoint:
+                raise BatchGap(
+                    f"child {child_code} sent changes after seq {fresh[0].after_seq} but our "
+                    f"checkpoint is {checkpoint}; refusing to skip changes"
+                )
+            for prev, nxt in zip(fresh, fresh[1:], strict=False):
+                if nxt.after_seq > prev.last_seq:
+                    raise BatchGap(
+                        f"child {child_code} sent non-contiguous windows "
+                        f"({prev.last_seq} then after {nxt.after_seq})"
+                    )
+            applied = 0
+            base, _ = self._advance_head(cur, 0)
+            for name in incoming:
+                entity = self.entities[name]
+                count = self._apply_entity(cur, entity, self_code, child_code, now, base)
+                base += count
+                applied += count
+            if applied:
+                cur.execute("UPDATE tongyuan.head SET seq = ?", [base])
+            last = fresh[-1]
+            cur.execute(
+                "UPDATE tongyuan.links SET checkpoint = ?, child_head = ?, last_pull = ?, "
+                "caught_up_at = CASE WHEN ? >= ? THEN ? ELSE caught_up_at END, "
+                "rows_applied = rows_applied + ?, batches_applied = batches_applied + ?, "
+                "last_error = NULL WHERE child_code = ?",
+                [
+                    last.last_seq,
+                    last.head_seq,
+                    now,
+                    last.last_seq,
+                    last.head_seq,
+                    now,
+                    applied,
+                    len(fresh),
+                    child_code,
+                ],
+            )
+            head = base
+        self._committed(head)
+        return ApplyResult(last.last_seq, received, applied, redelivered=False)
+
+    @staticmethod
+    def _apply_entity(
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        self_code: str,
+        via: str,
+        now: datetime,
+        base: int,
+    ) -> int:
+        table = entity_table(entity)
+        key = quote(entity.key)
+        cols = ", ".join(quote(c) for c in entity.column_names)
+        lineage = "_deleted, origin_node, origin_seq, origin_dept, origin_batch, origin_time"
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE apply_inc AS SELECT {cols}, {lineage} "
+            f"FROM incoming_{entity.name} WHERE origin_node <> ? "
+            f"QUALIFY row_number() OVER (PARTITION BY origin_node, {key} "
+            "ORDER BY origin_seq DESC) = 1",
+            [self_code],
+        )
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE apply_eff AS "
+            "SELECT i.*, s.origin_seq IS NOT NULL AS _exists FROM apply_inc i "
+            f"LEFT JOIN {table} s ON s.origin_node = i.origin_node AND s.{key} = i.{key} "
+            "WHERE s.origin_seq IS NULL OR i.origin_seq > s.origin_seq"
+        )
+        (count, existing) = cur.execute(
+            "SELECT count(*), count(*) FILTER (_exists) FROM apply_eff"
+        ).fetchone()  # type: ignore[misc]
+        if existing:
+            cur.execute(
+                f"DELETE FROM {table} USING apply_eff e WHERE e._exists AND "
+                f"{table}.origin_node = e.origin_node AND {table}.{key} = e.{key}"
+            )
+        if count:
+            cur.execute(
+                f"INSERT INTO {table} SELECT {cols}, {lineage}, ? + row_number() OVER (), ?, ? "
+                "FROM apply_eff",
+                [base, via, now],
+            )
+        cur.execute("DROP TABLE apply_inc")
+        cur.execute("DROP TABLE apply_eff")
+        return int(count)
+
+    # ----- reading -------------------------------------------------------------------
+
+    def entity_counts(self) -> dict[str, dict[str, Any]]:
+        """Live records per entity, split by the link they arrived through."""
+        result: dict[str, dict[str, Any]] = {}
+        with self.db.read() as cur:
+            for entity in self.entities.values():
+                rows = cur.execute(
+                    f"SELECT _via, count(*) FROM {entity_table(entity)} WHERE NOT _deleted "
+                    "GROUP BY _via ORDER BY _via"
+                ).fetchall()
+                by_via = {str(v): int(n) for v, n in rows}
+                result[entity.name] = {"rows": sum(by_via.values()), "by_link": by_via}
+        return result
+
+    def last_ingests(self, limit: int = 5) -> list[dict[str, Any]]:
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT batch_id, entity, file, inserted, updated, deleted, finished_at "
+                "FROM tongyuan.ingest_batches ORDER BY finished_at DESC LIMIT ?",
+                [limit],
+            ).fetchall()
+        keys = ("batch_id", "entity", "file", "inserted", "updated", "deleted", "finished_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def query(self, sql: str) -> pa.Table:
+        """Run one read-only SELECT; anything else is refused before it runs."""
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise UserError(f"query: {exc}") from None
+        if len(statements) != 1:
+            raise UserError("query: give exactly one SQL statement")
+        allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+        if statements[0].type not in allowed:
+            raise UserError(
+                f"query: only read-only SELECT statements are allowed, not {statements[0].type.name}"
+            )
+        with self.db.read() as cur:
+            if not self.db.read_only:
+                cur.execute("BEGIN TRANSACTION")
+            try:
+                return cur.sql(sql).to_arrow_table()
+            except duckdb.Error as exc:
+                raise UserError(f"query: {exc}") from None
+            finally:
+                if not self.db.read_only:
+                    cur.execute("ROLLBACK")

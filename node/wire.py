@@ -1,0 +1,105 @@
+"""Arrow IPC on the wire: change windows to ChangeBatch messages and back.
+
+Rows never travel as one protobuf message each; each entity's rows in a window are
+one Arrow IPC stream in a `bytes` field. Decoding checks the rows fit the receiving
+node's schema before anything is applied.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from node._gen.tongyuan.v1 import federation_pb2 as pb
+from node.entities import Entity
+from node.errors import UserError
+from node.store import ChangeWindow, IncomingBatch
+
+# Both ends raise gRPC's 4 MiB default; windows are sized in changes, not bytes.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+GRPC_MESSAGE_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class BatchRejected(UserError):
+    """A batch from a child that does not decode or does not fit this node's schema."""
+
+
+def encode_table(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_table(data: bytes) -> pa.Table:
+    with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+        return reader.read_all()
+
+
+def encode_window(window: ChangeWindow) -> pb.ChangeBatch:
+    return pb.ChangeBatch(
+        after_seq=window.after_seq,
+        last_seq=window.last_seq,
+        head_seq=window.head_seq,
+        sent_at_us=time.time_ns() // 1000,
+        entities=[
+            pb.EntityChanges(entity=name, arrow_ipc=encode_table(table), rows=table.num_rows)
+            for name, table in window.tables.items()
+        ],
+    )
+
+
+def decode_batch(message: pb.ChangeBatch, entities: dict[str, Entity], child: str) -> IncomingBatch:
+    """Decode and check a child's window; raises BatchRejected saying what and where."""
+    where = f"batch from child {child} (seq {message.after_seq}..{message.last_seq})"
+    if message.last_seq < message.after_seq:
+        raise BatchRejected(f"{where}: window ends before it starts")
+    tables: dict[str, pa.Table] = {}
+    for part in message.entities:
+        entity = entities.get(part.entity)
+        if entity is None:
+            raise BatchRejected(f"{where}: unknown entity {part.entity!r}")
+        try:
+            table = decode_table(part.arrow_ipc)
+        except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+            raise BatchRejected(f"{where}, entity {part.entity}: not valid Arrow IPC ({exc})") from None
+        tables[entity.name] = _fit(table, entity, where)
+    return IncomingBatch(
+        after_seq=message.after_seq,
+        last_seq=message.last_seq,
+        head_seq=message.head_seq,
+        tables=tables,
+    )
+
+
+def _fit(table: pa.Table, entity: Entity, where: str) -> pa.Table:
+    expected = entity.wire_schema()
+    names = set(table.column_names)
+    missing = [f.name for f in expected if f.name not in names]
+    extra = [n for n in table.column_names if n not in expected.names]
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(f"missing column(s) {', '.join(missing)}")
+        if extra:
+            detail.append(f"unexpected column(s) {', '.join(extra)}")
+        raise BatchRejected(f"{where}, entity {entity.name}: {'; '.join(detail)}")
+    table = table.select(expected.names)
+    for field in expected:
+        actual = table.schema.field(field.name).type
+        same_kind = actual == field.type or (
+            pa.types.is_timestamp(actual) and pa.types.is_timestamp(field.type)
+        )
+        if not same_kind:
+            raise BatchRejected(
+                f"{where}, entity {entity.name}, column {field.name}: type {actual} "
+                f"does not fit {field.type}"
+            )
+    for name in ("origin_node", "origin_seq", "_deleted"):
+        if table.column(name).null_count:
+            raise BatchRejected(f"{where}, entity {entity.name}, column {name}: has empty values")
+    return table.cast(expected)

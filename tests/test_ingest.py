@@ -1,0 +1,187 @@
+"""Ingest at a node that is not serving and at one that is: effective changes only,
+snapshot deletes, and bad input that names file, row and column and changes nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import openpyxl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import Cluster, Node
+
+HEADER = ["id_number", "name", "sex", "birth_date", "phone", "address", "division_code"]
+PEOPLE = [
+    ["320102199001011234", "张三", "1", "1990-01-01", "13800000001", "南京市玄武区1号", "320102"],
+    ["320102198505052345", "李四", "2", "1985-05-05", "13800000002", "南京市玄武区2号", "320102"],
+    ["32010220000229345X", "王五", "1", "2000-02-29", "13800000003", "南京市玄武区3号", "320102"],
+]
+
+
+def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def people(node: Node) -> list[dict[str, object]]:
+    return node.query("SELECT * FROM person ORDER BY id_number")
+
+
+def head(node: Node) -> int:
+    return int(node.status()["head_seq"])
+
+
+@pytest.fixture
+def county(cluster: Cluster) -> Node:
+    return cluster.node("320102", "county")
+
+
+def test_ingest_records_each_effective_change_once(county: Node, tmp_path: Path) -> None:
+    first = county.ingest("person", write_csv(tmp_path / "people.csv", PEOPLE))
+    assert (first["inserted"], first["updated"], first["deleted"]) == (3, 0, 0)
+    assert head(county) == 3
+
+    again = county.ingest("person", tmp_path / "people.csv")
+    assert again["changes"] == 0 and again["unchanged"] == 3
+    assert head(county) == 3, "re-importing an unchanged file must not produce changes"
+
+    changed = [row[:] for row in PEOPLE]
+    changed[1][4] = "13900000002"
+    update = county.ingest("person", write_csv(tmp_path / "v2.csv", changed))
+    assert (update["inserted"], update["updated"], update["deleted"]) == (0, 1, 0)
+    assert head(county) == 4
+    rows = people(county)
+    assert [r["phone"] for r in rows if r["name"] == "李四"] == ["13900000002"]
+    assert all(r["origin_node"] == "320102" for r in rows)
+    assert len({r["origin_batch"] for r in rows}) == 2
+
+
+def test_snapshot_import_deletes_missing_rows_plain_import_does_not(county: Node, tmp_path: Path) -> None:
+    county.ingest("person", write_csv(tmp_path / "all.csv", PEOPLE))
+    partial = write_csv(tmp_path / "partial.csv", PEOPLE[:2])
+    assert county.ingest("person", partial)["deleted"] == 0
+    assert len(people(county)) == 3
+    snap = county.ingest("person", partial, "--snapshot")
+    assert snap["deleted"] == 1 and snap["changes"] == 1
+    assert [r["name"] for r in people(county)] == ["李四", "张三"]
+    # The deleted record can come back.
+    back = county.ingest("person", tmp_path / "all.csv")
+    assert back["inserted"] == 1
+    assert len(people(county)) == 3
+
+
+def test_every_supported_format(county: Node, tmp_path: Path) -> None:
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(
+        "\n".join(json.dumps(dict(zip(HEADER, row, strict=True)), ensure_ascii=False) for row in PEOPLE[:1]),
+        encoding="utf-8",
+    )
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(pa.table({h: [PEOPLE[1][i]] for i, h in enumerate(HEADER)}), parquet)
+    xlsx = tmp_path / "p.xlsx"
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(HEADER)
+    sheet.append(PEOPLE[2])
+    book.save(xlsx)
+    for path in (jsonl, parquet, xlsx):
+        assert county.ingest("person", path)["inserted"] == 1, path.name
+    assert {r["name"] for r in people(county)} == {"张三", "李四", "王五"}
+
+
+def _assert_rejected(node: Node, args: list[str], *fragments: str) -> str:
+    before = head(node)
+    result = node.cli(*args, check=False)
+    assert result.returncode != 0, result.stdout
+    message = result.stderr
+    assert "Traceback" not in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert head(node) == before, "a rejected import must change nothing"
+    return message
+
+
+def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_path: Path) -> None:
+    county.ingest("person", write_csv(tmp_path / "good.csv", PEOPLE))
+    bad_date = [row[:] for row in PEOPLE]
+    bad_date[1][3] = "1985-13-45"
+    _assert_rejected(
+        county,
+        ["ingest", "person", str(write_csv(tmp_path / "bad_date.csv", bad_date))],
+        "bad_date.csv",
+        "row 2",
+        "birth_date",
+        "1985-13-45",
+    )
+    dup = [*PEOPLE, [PEOPLE[0][0], "张三二", "1", "1990-01-01", "", "", "320102"]]
+    _assert_rejected(
+        county,
+        ["ingest", "person", str(write_csv(tmp_path / "dup.csv", dup))],
+        "dup.csv",
+        "duplicate key",
+        "id_number",
+        "row 1",
+        "row 4",
+    )
+    empty_key = [["", "无名", "1", "1990-01-01", "", "", "320102"]]
+    _assert_rejected(
+        county,
+        ["ingest", "person", str(write_csv(tmp_path / "nokey.csv", empty_key))],
+        "nokey.csv",
+        "row 1",
+        "id_number",
+    )
+    _assert_rejected(
+        county,
+        ["ingest", "person", str(write_csv(tmp_path / "cols.csv", PEOPLE, [*HEADER[:-1], "county"]))],
+        "cols.csv",
+        "'county'",
+    )
+    malformed = tmp_path / "broken.csv"
+    malformed.write_text(",".join(HEADER) + "\n" + ",".join(PEOPLE[0]) + ",extra,fields\n", encoding="utf-8")
+    _assert_rejected(county, ["ingest", "person", str(malformed)], "broken.csv", "line 2")
+    _assert_rejected(county, ["ingest", "vehicles", str(tmp_path / "good.csv")], "unknown resource", "vehicles")
+    _assert_rejected(county, ["ingest", "person", str(tmp_path / "missing.csv")], "missing.csv")
+    # The good data is untouched by all of the above.
+    assert {r["phone"] for r in people(county)} == {r[4] for r in PEOPLE}
+
+
+def test_cli_commands_work_against_a_serving_node(county: Node, tmp_path: Path) -> None:
+    county.start()
+    result = county.ingest("person", write_csv(tmp_path / "people.csv", PEOPLE))
+    assert result["inserted"] == 3
+    status = county.status()
+    assert status["serving"] is True
+    assert status["code"] == "320102" and status["tier"] == "county"
+    assert status["rows"]["person"] == 3
+    rows = county.query("SELECT name, origin_node, origin_seq FROM person ORDER BY origin_seq")
+    assert [r["origin_seq"] for r in rows] == [1, 2, 3]
+    refused = county.cli("query", "DELETE FROM person", check=False)
+    assert refused.returncode != 0 and "read-only" in refused.stderr
+    assert len(people(county)) == 3
+    assert county.stop() == 0
+    # After a clean stop the store opens directly again.
+    assert county.status()["serving"] is False
+    assert len(people(county)) == 3
+
+
+def test_init_validates_the_division_code_and_refuses_to_overwrite(cluster: Cluster, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    bad = run_cli(tmp_path / "x", "init", "--code", "999999", check=False)
+    assert bad.returncode != 0 and "999999" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x" / "tongyuan.toml").exists()
+    short = run_cli(tmp_path / "y", "init", "--code", "3201", check=False)
+    assert short.returncode != 0 and "3201" in short.stderr
+    city = cluster.node("320100", "city")
+    assert city.status()["tier"] == "city"
+    again = city.cli("init", "--code", "320100", check=False)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
+    province = cluster.node("320000", "province")
+    assert province.status()["tier"] == "province"
