@@ -78,7 +78,7 @@ def read_endpoint(path: Path) -> AdminEndpoint | None:
 # ----- server side --------------------------------------------------------------------
 
 
-class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses admin calls without the node's token."""
 
     def __init__(self, token: str) -> None:
@@ -132,7 +132,7 @@ class AdminServicer(pb_grpc.AdminServicer):
                 events.put(pb.IngestProgress(phase="done", result_json=to_json(result)))
             except UserError as exc:
                 events.put(exc)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, logged by grpc
+            except Exception as exc:
                 events.put(exc)
 
         worker = threading.Thread(target=run, name="admin-ingest", daemon=True)
@@ -147,7 +147,9 @@ class AdminServicer(pb_grpc.AdminServicer):
             if item.phase == "done":
                 return
 
-    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> Iterator[pb.QueryChunk]:
+    def Query(
+        self, request: pb.QueryRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.QueryChunk]:
         try:
             table = self._service.query(request.sql)
         except UserError as exc:
@@ -157,7 +159,9 @@ class AdminServicer(pb_grpc.AdminServicer):
         for start in range(0, max(len(data), 1), _CHUNK):
             yield pb.QueryChunk(arrow_ipc=data[start : start + _CHUNK])
 
-    def _children(self, action: Callable[[], list[dict[str, Any]]], context: grpc.ServicerContext) -> pb.ChildrenReply:
+    def _children(
+        self, action: Callable[[], list[dict[str, Any]]], context: grpc.ServicerContext
+    ) -> pb.ChildrenReply:
         try:
             return pb.ChildrenReply(json=to_json(action()))
         except UserError as exc:
@@ -165,9 +169,13 @@ class AdminServicer(pb_grpc.AdminServicer):
             raise
 
     def AddChild(self, request: pb.ChildRequest, context: grpc.ServicerContext) -> pb.ChildrenReply:
-        return self._children(lambda: self._service.add_child(request.code, request.address), context)
+        return self._children(
+            lambda: self._service.add_child(request.code, request.address), context
+        )
 
-    def RemoveChild(self, request: pb.ChildRequest, context: grpc.ServicerContext) -> pb.ChildrenReply:
+    def RemoveChild(
+        self, request: pb.ChildRequest, context: grpc.ServicerContext
+    ) -> pb.ChildrenReply:
         return self._children(lambda: self._service.remove_child(request.code), context)
 
     def ListChildren(
@@ -203,7 +211,9 @@ class RemoteNode:
             raise UserError(f"admin call failed: {code.name}: {exc.details()}") from None
 
     def status(self) -> dict[str, Any]:
-        reply = self._call(lambda: self._stub.Status(pb.StatusRequest(), metadata=self._metadata, timeout=30))
+        reply = self._call(
+            lambda: self._stub.Status(pb.StatusRequest(), metadata=self._metadata, timeout=30)
+        )
         return dict(json.loads(reply.json))
 
     def ingest(
@@ -250,7 +260,9 @@ class RemoteNode:
 
     def add_child(self, code: str, address: str) -> list[dict[str, Any]]:
         request = pb.ChildRequest(code=code, address=address)
-        return self._children(lambda: self._stub.AddChild(request, metadata=self._metadata, timeout=30))
+        return self._children(
+            lambda: self._stub.AddChild(request, metadata=self._metadata, timeout=30)
+        )
 
     def remove_child(self, code: str) -> list[dict[str, Any]]:
         request = pb.ChildRequest(code=code)
@@ -260,7 +272,9 @@ class RemoteNode:
 
     def list_children(self) -> list[dict[str, Any]]:
         return self._children(
-            lambda: self._stub.ListChildren(pb.ListChildrenRequest(), metadata=self._metadata, timeout=30)
+            lambda: self._stub.ListChildren(
+                pb.ListChildrenRequest(), metadata=self._metadata, timeout=30
+            )
         )
 
     def close(self) -> None:

@@ -16,7 +16,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from node import __version__
 from node.client import NodeAPI, open_node
-from node.config import CONFIG_FILE, STORE_FILE, load_config, render_initial_config, resolve_directory, validate_address
+from node.config import (
+    CONFIG_FILE,
+    STORE_FILE,
+    load_config,
+    render_initial_config,
+    resolve_directory,
+    validate_address,
+)
 from node.divisions import lookup_division, tier_of
 from node.entities import BASE_ENTITIES
 from node.errors import UserError
@@ -168,7 +175,9 @@ def children_remove(ctx: click.Context, code: str) -> None:
 @cli.command()
 @click.argument("resource")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--snapshot", is_flag=True, help="The file is complete: records missing from it are deleted.")
+@click.option(
+    "--snapshot", is_flag=True, help="The file is complete: records missing from it are deleted."
+)
 @click.option("--department", help="Provider department (default: [node] department).")
 @click.option(
     "--format",
@@ -190,14 +199,17 @@ def ingest(
 ) -> None:
     """Import FILE (CSV, JSON Lines, Parquet, Excel) into RESOURCE."""
     show = sys.stderr.isatty() and not as_json
-    with node_handle(ctx, write=True) as node, Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not show,
-    ) as bar:
+    with (
+        node_handle(ctx, write=True) as node,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=not show,
+        ) as bar,
+    ):
         task = bar.add_task("reading", total=None)
 
         def progress(phase: str, done: int, total: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def _section(doc: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
 
 
 def _settings(cls: type, values: dict[str, Any], path: Path, section: str) -> Any:
-    known = cls.__dataclass_fields__
+    known = {f.name for f in fields(cls)}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{path}: [{section}] has unknown setting {key!r}")

@@ -169,6 +169,8 @@ def entity_catalog(extra: Iterable[Entity]) -> dict[str, Entity]:
     result = {e.name: e for e in BASE_ENTITIES}
     for entity in extra:
         if entity.name in result:
-            raise ConfigError(f"entity {entity.name!r} is declared twice (or shadows a base entity)")
+            raise ConfigError(
+                f"entity {entity.name!r} is declared twice (or shadows a base entity)"
+            )
         result[entity.name] = entity
     return result

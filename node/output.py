@@ -40,7 +40,12 @@ def print_arrow(table: pa.Table, *, as_json: bool, max_rows: int = 1000) -> None
     for name in table.column_names:
         view.add_column(name, overflow="fold")
     for row in table.slice(0, max_rows).to_pylist():
-        view.add_row(*("" if v is None else str(_json_value(v) if not isinstance(v, str) else v) for v in row.values()))
+        view.add_row(
+            *(
+                "" if v is None else str(_json_value(v) if not isinstance(v, str) else v)
+                for v in row.values()
+            )
+        )
     console.print(view)
     shown = min(table.num_rows, max_rows)
     note = f"{table.num_rows} row(s)" + (f", first {shown} shown" if shown < table.num_rows else "")
@@ -84,7 +89,18 @@ def print_children(children: list[dict[str, Any]]) -> None:
         console.print("no children")
         return
     view = Table(title="children")
-    for column in ("code", "name", "address", "state", "checkpoint", "lag", "lag s", "last pull", "rows", "error"):
+    for column in (
+        "code",
+        "name",
+        "address",
+        "state",
+        "checkpoint",
+        "lag",
+        "lag s",
+        "last pull",
+        "rows",
+        "error",
+    ):
         view.add_column(column)
     for child in children:
         view.add_row(

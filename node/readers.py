@@ -128,7 +128,7 @@ def _check_is_data_file(path: Path) -> None:
     if not path.is_file():
         raise InputFileError(f"{path}: not a regular file (is it a directory?)")
     if path.stat().st_size == 0:
-        raise InputFileError(f"{path}: file is empty (no header row)")
+        raise InputFileError(f"{path}: file is empty (0 bytes)")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -144,13 +144,14 @@ def _clean_names(
 ) -> list[str]:
     """Strip header names and reject empty or repeated ones, which no later step could map."""
     names = [_clean_name(name) for name in raw]
+    location = f"{path} {where}" if where else str(path)
     seen: dict[str, int] = {}
     for number, name in enumerate(names, start=1):
         if not name:
-            raise InputFileError(f"{path} {where}: {label(number)} has no name")
+            raise InputFileError(f"{location}: {label(number)} has no name")
         if name in seen:
             raise InputFileError(
-                f"{path} {where}: column name '{name}' is used twice "
+                f"{location}: column name '{name}' is used twice "
                 f"({label(seen[name])} and {label(number)})"
             )
         seen[name] = number
@@ -534,7 +535,7 @@ def _read_parquet(path: Path) -> SourceFile:
     except (pa.ArrowException, OSError) as e:
         raise InputFileError(f"{path}: not a readable Parquet file ({e})") from e
     table = _drop_pandas_index(table)
-    names = _clean_names(path, table.column_names, "header", _column_number)
+    names = _clean_names(path, table.column_names, "", _column_number)
     columns = [
         _parquet_text(path, name, column) for name, column in zip(names, table.columns, strict=True)
     ]

@@ -16,9 +16,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from node._gen.tongyuan.v1 import admin_pb2, federation_pb2
-from node._gen.tongyuan.v1 import admin_pb2_grpc, federation_pb2_grpc
-from node.admin import AdminEndpoint, AdminServicer, TokenInterceptor, new_token, read_endpoint, write_endpoint
+from node._gen.tongyuan.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
+from node.admin import (
+    AdminEndpoint,
+    AdminServicer,
+    TokenInterceptor,
+    new_token,
+    read_endpoint,
+    write_endpoint,
+)
 from node.config import NodeConfig
 from node.errors import ConfigError, UserError
 from node.federation.links import ChildLink, LinkManager
@@ -173,10 +179,7 @@ class NodeServer:
         self.federation.stop(grace=2).wait()
         self.admin.stop(grace=5).wait()
         self.store.close()
-        try:
-            self.config.admin_file.unlink()
-        except FileNotFoundError:
-            pass
+        self.config.admin_file.unlink(missing_ok=True)
         log.info("node %s stopped", self.config.code)
         self._stopped.set()
 

@@ -63,7 +63,9 @@ class NodeService:
         entity = self.config.entities.get(resource)
         if entity is None:
             known = ", ".join(sorted(self.config.entities))
-            raise UserError(f"unknown resource {resource!r} on node {self.config.code}; known: {known}")
+            raise UserError(
+                f"unknown resource {resource!r} on node {self.config.code}; known: {known}"
+            )
         if progress:
             progress("reading", 0, 0)
         source = read_source_file(path, file_format)

@@ -66,7 +66,9 @@ def decode_batch(message: pb.ChangeBatch, entities: dict[str, Entity], child: st
         try:
             table = decode_table(part.arrow_ipc)
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-            raise BatchRejected(f"{where}, entity {part.entity}: not valid Arrow IPC ({exc})") from None
+            raise BatchRejected(
+                f"{where}, entity {part.entity}: not valid Arrow IPC ({exc})"
+            ) from None
         tables[entity.name] = _fit(table, entity, where)
     return IncomingBatch(
         after_seq=message.after_seq,

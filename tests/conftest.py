@@ -33,7 +33,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_cli(directory: Path | None, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    directory: Path | None, *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run `tongyuan [--dir D] ARGS` as a user would."""
     command = [sys.executable, "-m", "node"]
     if directory is not None:
@@ -44,7 +46,8 @@ def run_cli(directory: Path | None, *args: str, check: bool = True, timeout: flo
     )
     if check and result.returncode != 0:
         raise AssertionError(
-            f"tongyuan {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            f"tongyuan {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
         )
     return result
 
@@ -70,7 +73,16 @@ class Node:
     def start(self, wait: bool = True) -> Node:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "node", "--dir", str(self.directory), "serve", "--log-level", "DEBUG"],
+            [
+                sys.executable,
+                "-m",
+                "node",
+                "--dir",
+                str(self.directory),
+                "serve",
+                "--log-level",
+                "DEBUG",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -88,9 +100,10 @@ class Node:
                     raise AssertionError(f"node {self.code} exited:\n{self.log()}")
                 try:
                     reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING and (
-                        self.directory / "run" / "admin.json"
-                    ).exists():
+                    if (
+                        reply.status == health_pb2.HealthCheckResponse.SERVING
+                        and (self.directory / "run" / "admin.json").exists()
+                    ):
                         return
                 except grpc.RpcError:
                     pass
@@ -179,7 +192,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.cleanup()
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 30, interval: float = 0.1, what: str = "condition") -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float = 30, interval: float = 0.1, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

@@ -15,7 +15,9 @@ from node.demo_data import bench_people
 ROUNDS = 20
 
 
-def test_kill9_during_backfill_loses_and_duplicates_nothing(cluster: Cluster, tmp_path: Path) -> None:
+def test_kill9_during_backfill_loses_and_duplicates_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     county = cluster.node("320102", "county")
     data = tmp_path / "people.csv"
     pacsv.write_csv(bench_people(60_000, "320102", seed=7), data)

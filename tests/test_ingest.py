@@ -62,7 +62,9 @@ def test_ingest_records_each_effective_change_once(county: Node, tmp_path: Path)
     assert len({r["origin_batch"] for r in rows}) == 2
 
 
-def test_snapshot_import_deletes_missing_rows_plain_import_does_not(county: Node, tmp_path: Path) -> None:
+def test_snapshot_import_deletes_missing_rows_plain_import_does_not(
+    county: Node, tmp_path: Path
+) -> None:
     county.ingest("person", write_csv(tmp_path / "all.csv", PEOPLE))
     partial = write_csv(tmp_path / "partial.csv", PEOPLE[:2])
     assert county.ingest("person", partial)["deleted"] == 0
@@ -79,7 +81,10 @@ def test_snapshot_import_deletes_missing_rows_plain_import_does_not(county: Node
 def test_every_supported_format(county: Node, tmp_path: Path) -> None:
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text(
-        "\n".join(json.dumps(dict(zip(HEADER, row, strict=True)), ensure_ascii=False) for row in PEOPLE[:1]),
+        "\n".join(
+            json.dumps(dict(zip(HEADER, row, strict=True)), ensure_ascii=False)
+            for row in PEOPLE[:1]
+        ),
         encoding="utf-8",
     )
     parquet = tmp_path / "p.parquet"
@@ -139,14 +144,22 @@ def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_p
     )
     _assert_rejected(
         county,
-        ["ingest", "person", str(write_csv(tmp_path / "cols.csv", PEOPLE, [*HEADER[:-1], "county"]))],
+        [
+            "ingest",
+            "person",
+            str(write_csv(tmp_path / "cols.csv", PEOPLE, [*HEADER[:-1], "county"])),
+        ],
         "cols.csv",
         "'county'",
     )
     malformed = tmp_path / "broken.csv"
-    malformed.write_text(",".join(HEADER) + "\n" + ",".join(PEOPLE[0]) + ",extra,fields\n", encoding="utf-8")
+    malformed.write_text(
+        ",".join(HEADER) + "\n" + ",".join(PEOPLE[0]) + ",extra,fields\n", encoding="utf-8"
+    )
     _assert_rejected(county, ["ingest", "person", str(malformed)], "broken.csv", "line 2")
-    _assert_rejected(county, ["ingest", "vehicles", str(tmp_path / "good.csv")], "unknown resource", "vehicles")
+    _assert_rejected(
+        county, ["ingest", "vehicles", str(tmp_path / "good.csv")], "unknown resource", "vehicles"
+    )
     _assert_rejected(county, ["ingest", "person", str(tmp_path / "missing.csv")], "missing.csv")
     # The good data is untouched by all of the above.
     assert {r["phone"] for r in people(county)} == {r[4] for r in PEOPLE}
@@ -171,7 +184,9 @@ def test_cli_commands_work_against_a_serving_node(county: Node, tmp_path: Path) 
     assert len(people(county)) == 3
 
 
-def test_init_validates_the_division_code_and_refuses_to_overwrite(cluster: Cluster, tmp_path: Path) -> None:
+def test_init_validates_the_division_code_and_refuses_to_overwrite(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     from conftest import run_cli
 
     bad = run_cli(tmp_path / "x", "init", "--code", "999999", check=False)

@@ -92,6 +92,16 @@ def test_csv_gbk(tmp_path: Path) -> None:
     assert source.table.to_pylist() == expected_table()
 
 
+def test_csv_gbk_body_under_ascii_header(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "gbk.csv", "id,name\n001,张三\n002,李四\n", encoding="gbk")
+    source = read_source_file(path)
+    assert source.table.to_pylist() == [
+        {"id": "001", "name": "张三"},
+        {"id": "002", "name": "李四"},
+    ]
+    assert source.locate(1) == "row 2 (line 3)"
+
+
 def test_csv_bom_and_header_whitespace(tmp_path: Path) -> None:
     text = csv_text([" 身份证号 ", "姓名\t", "区划代码", "备注"], ROWS)
     path = tmp_path / "bom.csv"

@@ -28,9 +28,7 @@ def person_rows(node: Node, where: str = "true") -> set[tuple[object, ...]]:
 
 
 def no_duplicates(node: Node) -> bool:
-    (row,) = node.fetch(
-        f"SELECT count(*) AS n, count(DISTINCT ({PERSON_KEY})) AS d FROM person"
-    )
+    (row,) = node.fetch(f"SELECT count(*) AS n, count(DISTINCT ({PERSON_KEY})) AS d FROM person")
     return bool(row["n"] == row["d"])
 
 
@@ -49,7 +47,9 @@ def test_changes_reach_the_province_through_the_city_with_origin_kept(
     city.cli("children", "add", county_b.code, county_b.address)
     province.cli("children", "add", city.code, city.address)
 
-    county_a.ingest("person", people_file(tmp_path / "a.csv", "320102", 300, seed=1), "--department", "公安局")
+    county_a.ingest(
+        "person", people_file(tmp_path / "a.csv", "320102", 300, seed=1), "--department", "公安局"
+    )
     county_b.ingest("person", people_file(tmp_path / "b.csv", "320104", 200, seed=2))
 
     wait_until(lambda: len(person_rows(province)) == 500, what="500 people at the province")
@@ -68,9 +68,10 @@ def test_changes_reach_the_province_through_the_city_with_origin_kept(
         writer.writerow([first[c] if c != "phone" else "13312345678" for c in columns])
     county_a.ingest("person", edited)
     wait_until(
-        lambda: province.fetch(
-            f"SELECT phone FROM person WHERE id_number = '{first['id_number']}'"
-        ) == [{"phone": "13312345678"}],
+        lambda: (
+            province.fetch(f"SELECT phone FROM person WHERE id_number = '{first['id_number']}'")
+            == [{"phone": "13312345678"}]
+        ),
         timeout=10,
         what="the edit at the province",
     )
@@ -85,7 +86,9 @@ def test_changes_reach_the_province_through_the_city_with_origin_kept(
     assert {p["code"] for p in city_status["parents"]} == {"320000"}
 
 
-def test_scheduled_pulls_carry_changes_when_subscribe_is_off(cluster: Cluster, tmp_path: Path) -> None:
+def test_scheduled_pulls_carry_changes_when_subscribe_is_off(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     city = cluster.node("320100", "city")
     city.configure("sync", subscribe=False, pull_interval_seconds=0.5)
     city.start()
@@ -126,8 +129,10 @@ def test_county_attached_after_running_alone_backfills_its_current_data(
     assert live == 100
     # With no parent ever seen, tombstones are not needed by anyone and get compacted.
     wait_until(
-        lambda: county.fetch("SELECT count(*) AS n FROM tongyuan.rows_person WHERE _deleted")[0]["n"]
-        == 0,
+        lambda: (
+            county.fetch("SELECT count(*) AS n FROM tongyuan.rows_person WHERE _deleted")[0]["n"]
+            == 0
+        ),
         what="tombstones compacted",
     )
     city = cluster.node("320100", "city").start()

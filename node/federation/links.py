@@ -138,8 +138,9 @@ class ChildLink:
         )
         received: queue.Queue[Any] = queue.Queue(maxsize=8)
         try:
+            self._check_identity()
             call = self._stub.PullChanges(request, timeout=None if follow else 3600)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, UserError) as exc:
             self._failed(exc)
             return False
         self._call = call
@@ -165,6 +166,15 @@ class ChildLink:
             self._call = None
             receiver.join(timeout=5)
 
+    def _check_identity(self) -> None:
+        """Refuse to pull from an address that serves some other node."""
+        info = self._stub.GetInfo(pb.GetInfoRequest(caller_code=self._config.code), timeout=5)
+        if info.code != self.child.code:
+            raise UserError(
+                f"child {self.child.code}: {self.child.address} serves node {info.code} "
+                f"({info.name}), not {self.child.code}; fix the address with `children add`"
+            )
+
     @staticmethod
     def _receive(call: Any, received: queue.Queue[Any]) -> None:
         try:
@@ -173,7 +183,7 @@ class ChildLink:
             received.put(_END)
         except grpc.RpcError as exc:
             received.put(exc)
-        except Exception as exc:  # noqa: BLE001 - surfaced to the applying thread
+        except Exception as exc:
             received.put(exc)
 
     def _apply_stream(self, received: queue.Queue[Any], follow: bool) -> None:

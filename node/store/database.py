@@ -27,7 +27,7 @@ class Database:
     def __init__(self, path: Path, *, read_only: bool = False, memory_limit: str = "1GB") -> None:
         self.path = path
         self.read_only = read_only
-        config = {
+        config: dict[str, str | bool | int | float | list[str]] = {
             # Small commits would otherwise trigger a checkpoint almost every time;
             # the node checkpoints on a timer and at shutdown instead.
             "checkpoint_threshold": "256MB",

@@ -8,6 +8,7 @@ methods.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -276,8 +277,7 @@ class Store:
                 [origin_node],
             )
             inserted, updated = cur.execute(
-                "SELECT count(*) FILTER (_is_new), count(*) FILTER (NOT _is_new) "
-                "FROM ingest_delta"
+                "SELECT count(*) FILTER (_is_new), count(*) FILTER (NOT _is_new) FROM ingest_delta"
             ).fetchone()  # type: ignore[misc]
             (deleted,) = cur.execute("SELECT count(*) FROM ingest_gone").fetchone()  # type: ignore[misc]
             changes = int(inserted) + int(updated) + int(deleted)
@@ -357,7 +357,8 @@ class Store:
         )
         bad = (
             " OR ".join(
-                f"(r.{quote(c.name)} IS NOT NULL AND {self._typed(c, 'r.' + quote(c.name))} IS NULL)"
+                f"(r.{quote(c.name)} IS NOT NULL AND "
+                f"{self._typed(c, 'r.' + quote(c.name))} IS NULL)"
                 for c in entity.columns
                 if c.type != "string"
             )
@@ -380,7 +381,8 @@ class Store:
         bad_rows = [
             int(r[0])
             for r in cur.execute(
-                f"SELECT _row FROM ingest_stage WHERE _bad ORDER BY _row LIMIT {MAX_REPORTED_ERRORS}"
+                "SELECT _row FROM ingest_stage WHERE _bad ORDER BY _row "
+                f"LIMIT {MAX_REPORTED_ERRORS}"
             ).fetchall()
         ]
         for row in bad_rows:
@@ -416,7 +418,11 @@ class Store:
             )
         if found.problems:
             count = len(found.problems)
-            head = "" if count == 1 else f"{count} problems (first {count} shown; nothing imported):\n  "
+            head = (
+                ""
+                if count == 1
+                else f"{count} problems (first {count} shown; nothing imported):\n  "
+            )
             raise InputFileError(head + "\n  ".join(found.problems))
 
     def _write_ingest(
@@ -573,7 +579,9 @@ class Store:
         for name in self.entities:
             parts = [b.tables[name] for b in batches if name in b.tables]
             if parts:
-                incoming[name] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+                table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+                ordinal = np.arange(1, table.num_rows + 1, dtype=np.int64)
+                incoming[name] = table.append_column("_ord", pa.array(ordinal))
         with self.db.write(arrow={f"incoming_{n}": t for n, t in incoming.items()}) as cur:
             checkpoint = self._ensure_link(cur, child_code)
             fresh = [b for b in batches if b.last_seq > checkpoint]
@@ -584,7 +592,7 @@ class Store:
                     f"child {child_code} sent changes after seq {fresh[0].after_seq} but our "
                     f"checkpoint is {checkpoint}; refusing to skip changes"
                 )
-            for prev, nxt in zip(fresh, fresh[1:], strict=False):
+            for prev, nxt in itertools.pairwise(fresh):
                 if nxt.after_seq > prev.last_seq:
                     raise BatchGap(
                         f"child {child_code} sent non-contiguous windows "
@@ -592,13 +600,15 @@ class Store:
                     )
             applied = 0
             base, _ = self._advance_head(cur, 0)
-            for name in incoming:
+            head = base
+            for name, table in incoming.items():
                 entity = self.entities[name]
-                count = self._apply_entity(cur, entity, self_code, child_code, now, base)
-                base += count
-                applied += count
-            if applied:
-                cur.execute("UPDATE tongyuan.head SET seq = ?", [base])
+                count = self._apply_entity(cur, entity, self_code, child_code, now, head)
+                if count:
+                    head += table.num_rows
+                    applied += count
+            if head != base:
+                cur.execute("UPDATE tongyuan.head SET seq = ?", [head])
             last = fresh[-1]
             cur.execute(
                 "UPDATE tongyuan.links SET checkpoint = ?, child_head = ?, last_pull = ?, "
@@ -617,7 +627,6 @@ class Store:
                     child_code,
                 ],
             )
-            head = base
         self._committed(head)
         return ApplyResult(last.last_seq, received, applied, redelivered=False)
 
@@ -630,40 +639,50 @@ class Store:
         now: datetime,
         base: int,
     ) -> int:
+        """Apply one entity's incoming rows; returns how many became new versions.
+
+        Set-based and without temp copies of the rows: superseded versions are
+        deleted by a join on identity, then incoming rows that still have no stored
+        version are appended. Each incoming row already carries `_ord` (1..n), so its
+        sequence number is `base + _ord` without a window function; numbers of rows
+        that lose are simply skipped (the log allows gaps).
+        """
         table = entity_table(entity)
         key = quote(entity.key)
         cols = ", ".join(quote(c) for c in entity.column_names)
         lineage = "_deleted, origin_node, origin_seq, origin_dept, origin_batch, origin_time"
-        cur.execute(
-            f"CREATE OR REPLACE TEMP TABLE apply_inc AS SELECT {cols}, {lineage} "
-            f"FROM incoming_{entity.name} WHERE origin_node <> ? "
-            f"QUALIFY row_number() OVER (PARTITION BY origin_node, {key} "
-            "ORDER BY origin_seq DESC) = 1",
-            [self_code],
-        )
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE apply_eff AS "
-            "SELECT i.*, s.origin_seq IS NOT NULL AS _exists FROM apply_inc i "
-            f"LEFT JOIN {table} s ON s.origin_node = i.origin_node AND s.{key} = i.{key} "
-            "WHERE s.origin_seq IS NULL OR i.origin_seq > s.origin_seq"
-        )
-        (count, existing) = cur.execute(
-            "SELECT count(*), count(*) FILTER (_exists) FROM apply_eff"
+        source = f"incoming_{entity.name}"
+        (rows, distinct) = cur.execute(
+            f"SELECT count(*), count(DISTINCT (origin_node, {key})) FROM {source}"
+        ).fetchone()  # type: ignore[misc]
+        if rows != distinct:
+            # Several windows carried versions of one record: keep the newest only.
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE apply_newest AS SELECT * FROM {source} "
+                f"QUALIFY row_number() OVER (PARTITION BY origin_node, {key} "
+                "ORDER BY origin_seq DESC) = 1"
+            )
+            source = "apply_newest"
+        match = f"s.origin_node = i.origin_node AND s.{key} = i.{key}"
+        (existing,) = cur.execute(
+            f"SELECT count(*) FROM {source} i SEMI JOIN {table} s ON {match}"
         ).fetchone()  # type: ignore[misc]
         if existing:
             cur.execute(
-                f"DELETE FROM {table} USING apply_eff e WHERE e._exists AND "
-                f"{table}.origin_node = e.origin_node AND {table}.{key} = e.{key}"
+                f"DELETE FROM {table} s USING {source} i WHERE {match} "
+                "AND i.origin_seq > s.origin_seq"
             )
-        if count:
-            cur.execute(
-                f"INSERT INTO {table} SELECT {cols}, {lineage}, ? + row_number() OVER (), ?, ? "
-                "FROM apply_eff",
-                [base, via, now],
-            )
-        cur.execute("DROP TABLE apply_inc")
-        cur.execute("DROP TABLE apply_eff")
-        return int(count)
+            fresh = f"AND NOT EXISTS (SELECT 1 FROM {table} s WHERE {match})"
+        else:
+            fresh = ""
+        (inserted,) = cur.execute(
+            f"INSERT INTO {table} SELECT {cols}, {lineage}, ? + _ord, ?, ? FROM {source} i "
+            f"WHERE i.origin_node <> ? {fresh}",
+            [base, via, now, self_code],
+        ).fetchone()  # type: ignore[misc]
+        if source == "apply_newest":
+            cur.execute("DROP TABLE apply_newest")
+        return int(inserted)
 
     # ----- reading -------------------------------------------------------------------
 
@@ -701,7 +720,8 @@ class Store:
         allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
         if statements[0].type not in allowed:
             raise UserError(
-                f"query: only read-only SELECT statements are allowed, not {statements[0].type.name}"
+                "query: only read-only SELECT statements are allowed, "
+                f"not {statements[0].type.name}"
             )
         with self.db.read() as cur:
             if not self.db.read_only:

@@ -1,0 +1,411 @@
+"""Benchmarks for the node's sync path, printed as a table (medians; machines are noisy).
+
+(a) backfill of N Person records county → city, against a raw ceiling measured in the
+    same run: DuckDB → Arrow IPC → gRPC → DuckDB in two processes, no Tongyuan code;
+(b) subscribe-mode latency of single-row changes county → city → province;
+(c) peak memory (RSS) of the city process during a large backfill.
+
+Run through `scripts/bench` (which installs what it needs); `--quick` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from node._gen.tongyuan.v1 import federation_pb2 as fpb
+from node._gen.tongyuan.v1 import federation_pb2_grpc as fpb_grpc
+from node.admin import RemoteNode, read_endpoint
+from node.demo_data import bench_people
+from node.wire import GRPC_MESSAGE_OPTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+PERSON_COLUMNS = "id_number, name, sex, birth_date, phone, address, division_code"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tongyuan(directory: Path, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "node", "--dir", str(directory), *args],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+
+
+class BenchNode:
+    def __init__(self, directory: Path, code: str, **sync: object) -> None:
+        self.directory = directory
+        self.code = code
+        self.address = f"127.0.0.1:{free_port()}"
+        tongyuan(directory, "init", "--code", code, "--listen", self.address)
+        if sync:
+            config = directory / "tongyuan.toml"
+            text = config.read_text(encoding="utf-8")
+            for key, value in sync.items():
+                text = text.replace(f"\n{key} = ", f"\n{key} = {json.dumps(value)}  # bench: ", 1)
+            config.write_text(text, encoding="utf-8")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BenchNode:
+        log = open(self.directory.parent / f"{self.directory.name}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "node", "--dir", str(self.directory), "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if read_endpoint(self.directory / "run" / "admin.json") is not None:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"node {self.code} did not start")
+
+    def api(self) -> RemoteNode:
+        endpoint = read_endpoint(self.directory / "run" / "admin.json")
+        assert endpoint is not None
+        return RemoteNode(endpoint)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=120)
+            self.process = None
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ----- (a) backfill -----------------------------------------------------------------------
+
+
+def wait_caught_up(parent: RemoteNode, child_code: str, head: int, poll: float = 0.02) -> None:
+    sql = f"SELECT checkpoint FROM tongyuan.links WHERE child_code = '{child_code}'"
+    while True:
+        rows = parent.query(sql).to_pylist()
+        if rows and rows[0]["checkpoint"] >= head:
+            return
+        time.sleep(poll)
+
+
+def backfill_once(work: Path, county: BenchNode, head: int, run: int) -> tuple[float, float]:
+    """Seconds for a fresh city to backfill the county, and the city's peak RSS in bytes."""
+    city = BenchNode(work / f"city{run}", "320100").start()
+    peak = [0]
+    done = threading.Event()
+    assert city.process is not None
+    process = psutil.Process(city.process.pid)
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], process.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    api = city.api()
+    try:
+        started = time.perf_counter()
+        api.add_child(county.code, county.address)
+        wait_caught_up(api, county.code, head)
+        elapsed = time.perf_counter() - started
+    finally:
+        done.set()
+        sampler.join()
+        api.close()
+        city.stop()
+        shutil.rmtree(work / f"city{run}", ignore_errors=True)
+    return elapsed, float(peak[0])
+
+
+RAW_SERVER = r"""
+import sys, duckdb, grpc, pyarrow as pa
+from concurrent import futures
+path, port, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+db = duckdb.connect(path, read_only=True)
+opts = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
+def pull(request, context):
+    cur = db.cursor()
+    reader = cur.sql(
+        "SELECT id_number, name, sex, birth_date, phone, address, division_code, _deleted, "
+        "origin_node, origin_seq, origin_dept, origin_batch, origin_time "
+        "FROM tongyuan.rows_person").to_arrow_reader(batch)
+    for rb in reader:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, rb.schema) as w:
+            w.write_batch(rb)
+        yield sink.getvalue().to_pybytes()
+handler = grpc.method_handlers_generic_handler("raw.Raw", {
+    "Pull": grpc.unary_stream_rpc_method_handler(pull)})
+server = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port(f"127.0.0.1:{port}")
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+"""
+
+
+def insert(db: Any, tables: list[pa.Table]) -> None:
+    if tables:
+        incoming = pa.concat_tables(tables)  # noqa: F841 - read by DuckDB by name
+        db.execute("INSERT INTO person SELECT * FROM incoming")
+
+
+def raw_ceiling_once(
+    work: Path, county_store: Path, batch: int, insert_rows: int, run: int
+) -> float:
+    """DuckDB → Arrow IPC → gRPC → DuckDB, no Tongyuan code: seconds for the whole table.
+
+    Same shapes as Tongyuan's defaults: `batch` rows per message (batch_changes) and
+    one INSERT per `insert_rows` received (apply_max_rows).
+    """
+    import duckdb
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", RAW_SERVER, str(county_store), str(port), str(batch)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()
+        target = work / f"raw{run}.duckdb"
+        db = duckdb.connect(str(target))
+        db.execute(
+            "CREATE TABLE person (id_number VARCHAR, name VARCHAR, sex VARCHAR, birth_date DATE, "
+            "phone VARCHAR, address VARCHAR, division_code VARCHAR, _deleted BOOLEAN, "
+            "origin_node VARCHAR, origin_seq BIGINT, origin_dept VARCHAR, origin_batch VARCHAR, "
+            "origin_time TIMESTAMPTZ)"
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_MESSAGE_OPTIONS) as channel:
+            pull = channel.unary_stream("/raw.Raw/Pull")
+            started = time.perf_counter()
+            pending: list[pa.Table] = []
+            buffered = 0
+            for message in pull(b""):
+                with pa.ipc.open_stream(pa.py_buffer(message)) as reader:
+                    pending.append(reader.read_all())
+                buffered += pending[-1].num_rows
+                if buffered >= insert_rows:
+                    insert(db, pending)
+                    pending, buffered = [], 0
+            insert(db, pending)
+            elapsed = time.perf_counter() - started
+        db.close()
+        target.unlink()
+        return elapsed
+    finally:
+        server.kill()
+        server.wait()
+
+
+# ----- (b) latency --------------------------------------------------------------------------
+
+
+def latency(work: Path, changes: int, preload: int) -> list[float]:
+    """County commit → province commit for single-row changes, subscribe mode, in ms."""
+    province = BenchNode(work / "lat-province", "320000").start()
+    city = BenchNode(work / "lat-city", "320100").start()
+    county = BenchNode(work / "lat-county", "320102").start()
+    try:
+        people = bench_people(preload, "320102", seed=3)
+        data = work / "lat-people.parquet"
+        pq.write_table(people, data)
+        county_api, city_api, province_api = county.api(), city.api(), province.api()
+        county_api.ingest("person", data)
+        city_api.add_child(county.code, county.address)
+        province_api.add_child(city.code, city.address)
+        head = county_api.status()["head_seq"]
+        wait_caught_up(city_api, county.code, head)
+        wait_caught_up(province_api, city.code, city_api.status()["head_seq"])
+
+        # Watch the province's change stream as its parent would: a change is seen
+        # as soon as the province commits it.
+        seen: dict[str, float] = {}
+        arrived = threading.Condition()
+        province_head = province_api.status()["head_seq"]
+        channel = grpc.insecure_channel(province.address, options=GRPC_MESSAGE_OPTIONS)
+        stream = fpb_grpc.FederationStub(channel).PullChanges(
+            fpb.PullRequest(parent_code="320000", after_seq=province_head, follow=True)
+        )
+
+        def watch() -> None:
+            try:
+                for batch in stream:
+                    now = time.perf_counter()
+                    for part in batch.entities:
+                        with pa.ipc.open_stream(pa.py_buffer(part.arrow_ipc)) as reader:
+                            table = reader.read_all()
+                        with arrived:
+                            for phone in table.column("phone").to_pylist():
+                                seen[phone] = now
+                            arrived.notify_all()
+            except grpc.RpcError:
+                return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        results = []
+        one = people.slice(0, 1).to_pylist()[0]
+        for i in range(changes):
+            phone = f"199{i:08d}"
+            row = {**one, "phone": phone}
+            path = work / "change.csv"
+            pacsv.write_csv(pa.Table.from_pylist([row], schema=people.schema), path)
+            county_api.ingest("person", path)
+            committed = time.perf_counter()
+            with arrived:
+                arrived.wait_for(lambda p=phone: p in seen, timeout=30)  # type: ignore[misc]
+            results.append((seen[phone] - committed) * 1000)
+            time.sleep(0.01)
+        stream.cancel()
+        channel.close()
+        for api in (county_api, city_api, province_api):
+            api.close()
+        return results
+    finally:
+        for node in (county, city, province):
+            node.stop()
+
+
+# ----- driver ------------------------------------------------------------------------------
+
+
+def prepare_county(work: Path, rows: int, name: str) -> tuple[BenchNode, int]:
+    county = BenchNode(work / name, "320102")
+    data = work / f"{name}.parquet"
+    pq.write_table(bench_people(rows, "320102", seed=1), data)
+    tongyuan(county.directory, "ingest", "person", str(data))
+    data.unlink()
+    county.start()
+    api = county.api()
+    head = int(api.status()["head_seq"])
+    api.close()
+    return county, head
+
+
+def timed(label: str, fn: Callable[[], Any]) -> Any:
+    print(f"  {label} …", file=sys.stderr, flush=True)
+    return fn()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="backfill size for (a)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--changes", type=int, default=200, help="single-row changes for (b)")
+    parser.add_argument("--memory-rows", type=int, default=5_000_000, help="backfill for (c)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run")
+    parser.add_argument("--work", type=Path, help="work directory (default: a temp dir)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.runs, args.changes, args.memory_rows = 100_000, 1, 20, 200_000
+    work = args.work or Path(tempfile.mkdtemp(prefix="tongyuan-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work dir {work}; {os.cpu_count()} cores", file=sys.stderr)
+
+    county, head = timed(
+        f"loading {args.rows:,} people", lambda: prepare_county(work, args.rows, "county")
+    )
+    try:
+        framework = [
+            timed(f"backfill run {r + 1}", lambda r=r: backfill_once(work, county, head, r))[0]
+            for r in range(args.runs)
+        ]
+    finally:
+        county.stop()
+    raw = [
+        timed(
+            f"raw ceiling run {r + 1}",
+            lambda r=r: raw_ceiling_once(work, county.directory / "store.duckdb", 32768, 262144, r),
+        )
+        for r in range(args.runs)
+    ]
+    lat = timed(f"{args.changes} single-row changes", lambda: latency(work, args.changes, 10_000))
+    big, big_head = timed(
+        f"loading {args.memory_rows:,} people",
+        lambda: prepare_county(work, args.memory_rows, "big"),
+    )
+    try:
+        big_seconds, peak = timed("large backfill", lambda: backfill_once(work, big, big_head, 99))
+    finally:
+        big.stop()
+
+    rate = args.rows / median(framework)
+    ceiling = args.rows / median(raw)
+    lat_sorted = sorted(lat)
+    p99 = lat_sorted[min(len(lat_sorted) - 1, round(0.99 * (len(lat_sorted) - 1)))]
+    rows = [
+        (
+            "(a) backfill county → city",
+            f"{args.rows:,} rows",
+            f"{rate:,.0f} rows/s",
+            f"median of {args.runs}: {median(framework):.2f} s",
+        ),
+        (
+            "(a) raw ceiling DuckDB→IPC→gRPC→DuckDB",
+            f"{args.rows:,} rows",
+            f"{ceiling:,.0f} rows/s",
+            f"median {median(raw):.2f} s",
+        ),
+        ("(a) Tongyuan / ceiling", "", f"{rate / ceiling:.0%}", "goal ≥ 70%"),
+        (
+            "(b) latency county → city → province",
+            f"{len(lat)} changes",
+            f"p50 {median(lat):.1f} ms",
+            f"p99 {p99:.1f} ms (goal p50 < 50, p99 < 250)",
+        ),
+        (
+            "(c) city peak RSS during backfill",
+            f"{args.memory_rows:,} rows",
+            f"{peak / 2**30:.2f} GiB",
+            f"{args.memory_rows / big_seconds:,.0f} rows/s; goal < 1.5 GiB",
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("measure", "size", "result", "notes")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
