@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from concurrent import futures
 from datetime import timedelta
@@ -186,6 +187,9 @@ class NodeServer:
 
 def serve(config: NodeConfig) -> None:
     """Run a node until SIGTERM or SIGINT."""
+    # Python threads (gRPC, decoding) otherwise hold the GIL long enough to slow
+    # DuckDB calls in this process many times over.
+    sys.setswitchinterval(0.0005)
     server = NodeServer(config)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
