@@ -158,8 +158,8 @@ class NodeService:
                     "last_pull": _iso(record.last_pull) if record else None,
                     "rows_applied": record.rows_applied if record else 0,
                     "rows": rows_by_link.get(code, 0),
-                    "error": (status.error if status else None)
-                    or (record.last_error if record else None),
+                    # A serving node knows the link's current error; otherwise the last one.
+                    "error": status.error if status else (record.last_error if record else None),
                 }
             )
         return result

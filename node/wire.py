@@ -101,7 +101,15 @@ def _fit(table: pa.Table, entity: Entity, where: str) -> pa.Table:
                 f"{where}, entity {entity.name}, column {field.name}: type {actual} "
                 f"does not fit {field.type}"
             )
-    for name in ("origin_node", "origin_seq", "_deleted"):
+    for name in (entity.key, "origin_node", "origin_seq", "_deleted"):
         if table.column(name).null_count:
             raise BatchRejected(f"{where}, entity {entity.name}, column {name}: has empty values")
-    return table.cast(expected)
+    columns = []
+    for field in expected:
+        try:
+            columns.append(table.column(field.name).cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise BatchRejected(
+                f"{where}, entity {entity.name}, column {field.name}: {exc}"
+            ) from None
+    return pa.Table.from_arrays(columns, schema=expected)

@@ -139,7 +139,7 @@ class Node:
         path = self.directory / "tongyuan.toml"
         doc = tomlkit.parse(path.read_text(encoding="utf-8"))
         for key, value in values.items():
-            doc[section][key] = value  # type: ignore[index]
+            doc[section][key] = value
         path.write_text(tomlkit.dumps(doc), encoding="utf-8")
 
     def fetch(self, sql: str) -> list[dict[str, Any]]:

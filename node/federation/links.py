@@ -161,6 +161,10 @@ class ChildLink:
         except (BatchRejected, UserError) as exc:
             self._failed(exc)
             return False
+        except Exception as exc:  # a link must outlive any one bad session
+            log.exception("child %s: pull failed unexpectedly", self.child.code)
+            self._failed(exc)
+            return False
         finally:
             call.cancel()
             self._call = None
@@ -225,6 +229,7 @@ class ChildLink:
         last = group[-1]
         self.child_head = last.head_seq
         self.last_heartbeat = time.time()
+        self.error = None
         if any(b.last_seq > b.after_seq for b in group):
             result = self._store.apply_batches(self.child.code, self._config.code, group)
             if result.applied:
@@ -262,7 +267,7 @@ class ChildLink:
         changed = message != self.error
         self.state = "down"
         self.error = message
-        if isinstance(exc, BatchRejected | UserError) and not isinstance(exc, grpc.RpcError):
+        if not isinstance(exc, grpc.RpcError):
             log.warning("child %s: %s", self.child.code, message)
             self._store.record_link_error(self.child.code, message)
         elif changed:

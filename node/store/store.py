@@ -698,7 +698,8 @@ class Store:
         if existing:
             cur.execute(
                 f"DELETE FROM {table} s USING {source} i WHERE {match} "
-                "AND i.origin_seq > s.origin_seq"
+                "AND i.origin_seq > s.origin_seq AND i.origin_node <> ?",
+                [self_code],
             )
             fresh = f"AND NOT EXISTS (SELECT 1 FROM {table} s WHERE {match})"
         else:
