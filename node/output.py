@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import date, datetime
 from decimal import Decimal
@@ -12,7 +13,9 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Piped output is read by people too: render tables at their natural width, not 80 columns.
+_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 250
+console = Console(width=_PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 
@@ -38,7 +41,7 @@ def print_arrow(table: pa.Table, *, as_json: bool, max_rows: int = 1000) -> None
         return
     view = Table(show_lines=False)
     for name in table.column_names:
-        view.add_column(name, overflow="fold")
+        view.add_column(name, no_wrap=True)
     for row in table.slice(0, max_rows).to_pylist():
         view.add_row(
             *(
@@ -47,6 +50,7 @@ def print_arrow(table: pa.Table, *, as_json: bool, max_rows: int = 1000) -> None
             )
         )
     console.print(view)
+    console.file.flush()
     shown = min(table.num_rows, max_rows)
     note = f"{table.num_rows} row(s)" + (f", first {shown} shown" if shown < table.num_rows else "")
     err_console.print(note, style="dim")

@@ -144,8 +144,12 @@ class ChildLink:
             self._failed(exc)
             return False
         self._call = call
+        done = threading.Event()
         receiver = threading.Thread(
-            target=self._receive, args=(call, received), name=f"recv-{self.child.code}", daemon=True
+            target=self._receive,
+            args=(call, received, done),
+            name=f"recv-{self.child.code}",
+            daemon=True,
         )
         receiver.start()
         self.state = "streaming" if follow else "polling"
@@ -166,6 +170,7 @@ class ChildLink:
             self._failed(exc)
             return False
         finally:
+            done.set()
             call.cancel()
             self._call = None
             receiver.join(timeout=5)
@@ -180,15 +185,25 @@ class ChildLink:
             )
 
     @staticmethod
-    def _receive(call: Any, received: queue.Queue[Any]) -> None:
+    def _receive(call: Any, received: queue.Queue[Any], done: threading.Event) -> None:
+        """Read the stream into a bounded queue (back-pressure) until the session ends."""
+
+        def put(item: Any) -> bool:
+            while not done.is_set():
+                try:
+                    received.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         try:
             for message in call:
-                received.put(message)
-            received.put(_END)
-        except grpc.RpcError as exc:
-            received.put(exc)
-        except Exception as exc:
-            received.put(exc)
+                if not put(message):
+                    return
+            put(_END)
+        except Exception as exc:  # RpcError or a broken message: the applier reports it
+            put(exc)
 
     def _apply_stream(self, received: queue.Queue[Any], follow: bool) -> None:
         silence = max(3 * self._config.sync.heartbeat_seconds, 2.0) if follow else 600.0
