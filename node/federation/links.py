@@ -135,6 +135,7 @@ class ChildLink:
             after_seq=checkpoint,
             follow=follow,
             max_batch_changes=self._config.sync.batch_changes,
+            heartbeat_ms=round(self._config.sync.heartbeat_seconds * 1000),
         )
         received: queue.Queue[Any] = queue.Queue(maxsize=8)
         try:

@@ -82,7 +82,11 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         self._note_ack(request.parent_code, after)
         window_size = request.max_batch_changes or self._config.sync.batch_changes
-        heartbeat = self._config.sync.heartbeat_seconds
+        heartbeat = (
+            request.heartbeat_ms / 1000
+            if request.heartbeat_ms
+            else self._config.sync.heartbeat_seconds
+        )
         last_sent = time.monotonic()
         log.info(
             "parent %s pulls after seq %d (follow=%s, head %d)",

@@ -113,6 +113,7 @@ class PullRequest(_message.Message):
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     MAX_BATCH_CHANGES_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
     parent_code: _builtins.str
     """Division code of the pulling parent."""
     after_seq: _builtins.int
@@ -121,6 +122,10 @@ class PullRequest(_message.Message):
     """Keep the stream open and push new changes as they commit."""
     max_batch_changes: _builtins.int
     """Upper bound on change-log sequence numbers per batch (0 = child's default)."""
+    heartbeat_ms: _builtins.int
+    """With follow: send a heartbeat after this much silence, so the parent's
+    dead-stream detection matches (0 = child's default).
+    """
     def __init__(
         self,
         *,
@@ -128,10 +133,11 @@ class PullRequest(_message.Message):
         after_seq: _builtins.int = ...,
         follow: _builtins.bool = ...,
         max_batch_changes: _builtins.int = ...,
+        heartbeat_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "follow", b"follow", "max_batch_changes", b"max_batch_changes", "parent_code", b"parent_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "follow", b"follow", "heartbeat_ms", b"heartbeat_ms", "max_batch_changes", b"max_batch_changes", "parent_code", b"parent_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
