@@ -6,6 +6,7 @@ the node's user alone, to `run/admin.json` in the node directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -17,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 import pyarrow as pa
 
 from node._gen.tongyuan.v1 import admin_pb2 as pb
 from node._gen.tongyuan.v1 import admin_pb2_grpc as pb_grpc
 from node.errors import NodeUnavailable, UserError
 from node.service import NodeService, Progress
-from node.wire import GRPC_MESSAGE_OPTIONS, decode_table, encode_table
+from node.wire import GRPC_MESSAGE_OPTIONS, decode_table
 
 TOKEN_HEADER = "x-tongyuan-admin-token"
 _CHUNK = 4 * 1024 * 1024
@@ -63,16 +63,57 @@ def write_endpoint(path: Path, endpoint: AdminEndpoint) -> None:
     os.replace(tmp, path)
 
 
+LOCK_FILE = "serve.lock"
+
+
+class ServeLock:
+    """An exclusive lock on run/serve.lock, held by a serving node for its whole life.
+
+    The kernel drops it when the process dies (even by kill -9), so a stale
+    admin.json or a reused pid never makes a dead node look alive.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise NodeUnavailable(
+                f"node in {run_dir.parent} is already serving (run/{LOCK_FILE} is held)"
+            ) from None
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def _serving(run_dir: Path) -> bool:
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def read_endpoint(path: Path) -> AdminEndpoint | None:
     """The serving node's endpoint, or None if no live node owns the directory."""
+    if not _serving(path.parent):
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        endpoint = AdminEndpoint(**data)
+        return AdminEndpoint(**data)
     except (OSError, ValueError, TypeError):
-        return None
-    if not psutil.pid_exists(endpoint.pid):
-        return None
-    return endpoint
+        raise NodeUnavailable(
+            f"the node in {path.parent.parent} is starting or stopping; try again in a moment"
+        ) from None
 
 
 # ----- server side --------------------------------------------------------------------
@@ -104,6 +145,31 @@ def _abort_user_error(context: grpc.ServicerContext, exc: UserError) -> None:
     context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
 
+class _ChunkSink:
+    """A file-like target for an Arrow IPC writer whose bytes are sent in chunks."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts, self.size = [], 0
+        return data
+
+
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, service: NodeService) -> None:
         self._service = service
@@ -127,6 +193,7 @@ class AdminServicer(pb_grpc.AdminServicer):
                     snapshot=request.snapshot,
                     department=request.department or None,
                     file_format=request.format or None,
+                    allow_empty=request.allow_empty,
                     progress=progress,
                 )
                 events.put(pb.IngestProgress(phase="done", result_json=to_json(result)))
@@ -150,14 +217,21 @@ class AdminServicer(pb_grpc.AdminServicer):
     def Query(
         self, request: pb.QueryRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.QueryChunk]:
+        sink = _ChunkSink()
+        writer: pa.ipc.RecordBatchStreamWriter | None = None
         try:
-            table = self._service.query(request.sql)
+            for batch in self._service.query_batches(request.sql):
+                if writer is None:
+                    writer = pa.ipc.new_stream(sink, batch.schema)
+                writer.write_batch(batch)
+                if sink.size >= _CHUNK:
+                    yield pb.QueryChunk(arrow_ipc=sink.take())
         except UserError as exc:
             _abort_user_error(context, exc)
             return
-        data = encode_table(table)
-        for start in range(0, max(len(data), 1), _CHUNK):
-            yield pb.QueryChunk(arrow_ipc=data[start : start + _CHUNK])
+        if writer is not None:
+            writer.close()
+        yield pb.QueryChunk(arrow_ipc=sink.take())
 
     def _children(
         self, action: Callable[[], list[dict[str, Any]]], context: grpc.ServicerContext
@@ -224,6 +298,7 @@ class RemoteNode:
         snapshot: bool = False,
         department: str | None = None,
         file_format: str | None = None,
+        allow_empty: bool = False,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         request = pb.IngestRequest(
@@ -232,6 +307,7 @@ class RemoteNode:
             snapshot=snapshot,
             department=department or "",
             format=file_format or "",
+            allow_empty=allow_empty,
         )
 
         def run() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from node import __version__
 from node.client import NodeAPI, open_node
@@ -40,7 +41,9 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True
+            )
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -176,8 +179,11 @@ def children_remove(ctx: click.Context, code: str) -> None:
 @click.argument("resource")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
-    "--snapshot", is_flag=True, help="The file is complete: records missing from it are deleted."
+    "--snapshot",
+    is_flag=True,
+    help="The file is the department's complete set: its records missing from it are deleted.",
 )
+@click.option("--allow-empty", is_flag=True, help="With --snapshot: accept a file without rows.")
 @click.option("--department", help="Provider department (default: [node] department).")
 @click.option(
     "--format",
@@ -195,6 +201,7 @@ def ingest(
     snapshot: bool,
     department: str | None,
     file_format: str | None,
+    allow_empty: bool,
     as_json: bool,
 ) -> None:
     """Import FILE (CSV, JSON Lines, Parquet, Excel) into RESOURCE."""
@@ -221,6 +228,7 @@ def ingest(
             snapshot=snapshot,
             department=department,
             file_format=file_format,
+            allow_empty=allow_empty,
             progress=progress,
         )
     if as_json:

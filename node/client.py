@@ -25,6 +25,7 @@ class NodeAPI(Protocol):
         snapshot: bool = False,
         department: str | None = None,
         file_format: str | None = None,
+        allow_empty: bool = False,
         progress: Progress | None = None,
     ) -> dict[str, Any]: ...
 

@@ -6,6 +6,7 @@ The config file is human-edited and commented, so changes made by commands
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -47,6 +48,7 @@ class StoreSettings:
     checkpoint_interval_seconds: float = 60.0
     compact_interval_seconds: float = 300.0
     parent_ack_timeout_days: float = 30.0
+    tombstone_min_age_hours: float = 24.0
     memory_limit: str = "1GB"
 
 
@@ -165,13 +167,15 @@ def load_config(directory: Path) -> NodeConfig:
 def render_initial_config(code: str, name: str, listen: str) -> str:
     """The commented config file `init` writes."""
     tier = tier_of(code).value
+    # JSON string syntax is valid TOML basic-string syntax: quotes in a name stay safe.
+    code_s, name_s, listen_s = (json.dumps(v, ensure_ascii=False) for v in (code, name, listen))
     return f"""# Tongyuan node configuration ({tier} node {code}).
 # Edit while the node is stopped, or use `tongyuan children add|remove` at any time.
 
 [node]
-code = "{code}"           # GB/T 2260 division code; decides the tier ({tier})
-name = "{name}"
-listen = "{listen}"   # federation address the parent pulls from
+code = {code_s}           # GB/T 2260 division code; decides the tier ({tier})
+name = {name_s}
+listen = {listen_s}   # federation address the parent pulls from
 department = "unspecified"   # default provider department for `ingest`
 
 [sync]
@@ -185,6 +189,7 @@ heartbeat_seconds = 1.0
 checkpoint_interval_seconds = 60.0
 compact_interval_seconds = 300.0
 parent_ack_timeout_days = 30.0    # a parent silent this long no longer holds back compaction
+tombstone_min_age_hours = 24.0    # deletes are kept at least this long before compaction
 memory_limit = "1GB"
 
 # Children this node pulls from (city and province nodes):

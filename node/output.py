@@ -11,7 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 # Piped output is read by people too: render tables at their natural width, not 80 columns.
 _PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 250
@@ -41,14 +43,9 @@ def print_arrow(table: pa.Table, *, as_json: bool, max_rows: int = 1000) -> None
         return
     view = Table(show_lines=False)
     for name in table.column_names:
-        view.add_column(name, no_wrap=True)
+        view.add_column(Text(name), no_wrap=True)
     for row in table.slice(0, max_rows).to_pylist():
-        view.add_row(
-            *(
-                "" if v is None else str(_json_value(v) if not isinstance(v, str) else v)
-                for v in row.values()
-            )
-        )
+        view.add_row(*(_cell(v) for v in row.values()))
     console.print(view)
     console.file.flush()
     shown = min(table.num_rows, max_rows)
@@ -56,14 +53,21 @@ def print_arrow(table: pa.Table, *, as_json: bool, max_rows: int = 1000) -> None
     err_console.print(note, style="dim")
 
 
-def _fmt(value: object) -> str:
-    return "—" if value is None else str(value)
+def _cell(value: object) -> Text:
+    """Data as plain text: a value like "[b]" must print as written, not as markup."""
+    if value is None:
+        return Text("")
+    return Text(value if isinstance(value, str) else str(_json_value(value)))
+
+
+def _fmt(value: object) -> Text:
+    return Text("—") if value is None else Text(str(value))
 
 
 def print_status(status: dict[str, Any]) -> None:
     serving = "serving" if status["serving"] else "not serving"
     console.print(
-        f"[bold]{status['name']}[/bold]  node {status['code']}  tier {status['tier']}  "
+        f"[bold]{escape(status['name'])}[/bold]  node {status['code']}  tier {status['tier']}  "
         f"({serving} on {status['listen']})"
     )
     console.print(f"change log head: {status['head_seq']}")
@@ -82,7 +86,7 @@ def print_status(status: dict[str, Any]) -> None:
     rows.add_column("by link")
     for name, info in status["entities"].items():
         by_link = ", ".join(f"{k}: {v}" for k, v in info["by_link"].items())
-        rows.add_row(name, str(info["rows"]), by_link)
+        rows.add_row(Text(name), Text(str(info["rows"])), Text(by_link))
     console.print(rows)
     if status["children"]:
         print_children(status["children"])
@@ -108,10 +112,10 @@ def print_children(children: list[dict[str, Any]]) -> None:
         view.add_column(column)
     for child in children:
         view.add_row(
-            child["code"],
-            child["name"],
-            child["address"],
-            child["state"],
+            Text(child["code"]),
+            Text(child["name"]),
+            Text(child["address"]),
+            Text(child["state"]),
             _fmt(child["checkpoint"]),
             _fmt(child["lag"]),
             _fmt(child["lag_seconds"]),

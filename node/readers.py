@@ -614,6 +614,7 @@ def _xlsx_rows(path: Path) -> tuple[str, list[tuple[int, list[str | None]]]]:
                 sheet.reset_dimensions()  # stored dimensions can be wrong and would truncate
                 rows = []
                 for number, values in enumerate(sheet.iter_rows(values_only=True), start=1):
+                    _check_exact_numbers(path, str(sheet.title), number, values)
                     cells = [_cell_text(v) for v in values]
                     if any(c is not None for c in cells):
                         rows.append((number, cells))
@@ -626,6 +627,22 @@ def _xlsx_rows(path: Path) -> tuple[str, list[tuple[int, list[str | None]]]]:
         raise InputFileError(f"{path}: cannot read file ({e.strerror or e})") from e
     except Exception as e:  # openpyxl raises many unrelated types for damaged workbooks
         raise InputFileError(f"{path}: not a readable .xlsx workbook ({e})") from e
+
+
+# Excel keeps 15 significant digits: a longer number typed into a numeric cell (an
+# 18-digit ID number, say) has already lost its last digits.
+_EXCEL_EXACT_LIMIT = 10**15
+
+
+def _check_exact_numbers(path: Path, sheet: str, row_number: int, values: Sequence[object]) -> None:
+    for i, value in enumerate(values):
+        if isinstance(value, float) and abs(value) >= _EXCEL_EXACT_LIMIT:
+            cell = f"{get_column_letter(i + 1)}{row_number}"
+            raise InputFileError(
+                f"{path} sheet '{sheet}' cell {cell}: the number {value:.15g} has more digits "
+                "than Excel stores exactly (15), so its last digits are lost; format the "
+                "column as text and enter the values again"
+            )
 
 
 def _check_row_width(

@@ -21,9 +21,9 @@ from node._gen.tongyuan.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, fed
 from node.admin import (
     AdminEndpoint,
     AdminServicer,
+    ServeLock,
     TokenInterceptor,
     new_token,
-    read_endpoint,
     write_endpoint,
 )
 from node.config import NodeConfig
@@ -46,18 +46,25 @@ class NodeServer:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.stopping = threading.Event()
-        self._stopped = threading.Event()
-        existing = read_endpoint(config.admin_file)
-        if existing is not None:
-            raise UserError(
-                f"node {config.code} in {config.directory} is already serving (pid {existing.pid})"
+        self.serve_lock = ServeLock(config.admin_file.parent)
+        try:
+            self.store = Store.open(
+                config.store_path, config.entities, memory_limit=config.store.memory_limit
             )
-        self.store = Store.open(
-            config.store_path, config.entities, memory_limit=config.store.memory_limit
-        )
+        except BaseException:
+            self.serve_lock.release()
+            raise
+        try:
+            self._wire()
+        except BaseException:
+            self.store.close()
+            self.serve_lock.release()
+            raise
+
+    def _wire(self) -> None:
+        config = self.config
         identity = self.store.identity()
         if identity.code != config.code:
-            self.store.close()
             raise ConfigError(
                 f"{config.config_path}: [node] code is {config.code} but the store belongs to "
                 f"node {identity.code}"
@@ -97,7 +104,6 @@ class NodeServer:
             port = 0
             log.debug("bind %s failed: %s", address, exc)
         if port == 0:
-            self.store.close()
             raise UserError(f"cannot listen on {address} (address in use or not local?)")
         return port
 
@@ -161,7 +167,11 @@ class NodeServer:
         )
 
     def _compact(self) -> None:
-        removed = self.store.compact(timedelta(days=self.config.store.parent_ack_timeout_days))
+        settings = self.config.store
+        removed = self.store.compact(
+            timedelta(days=settings.parent_ack_timeout_days),
+            timedelta(hours=settings.tombstone_min_age_hours),
+        )
         if removed:
             log.info("compacted %d acknowledged tombstones", removed)
 
@@ -175,14 +185,15 @@ class NodeServer:
     def _shutdown(self) -> None:
         log.info("node %s shutting down", self.config.code)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.store.db.notify_head()  # subscribe streams see `stopping` now, not at a heartbeat
         self.links.stop()
         self.scheduler.shutdown(wait=True)
         self.federation.stop(grace=2).wait()
         self.admin.stop(grace=5).wait()
         self.store.close()
         self.config.admin_file.unlink(missing_ok=True)
+        self.serve_lock.release()
         log.info("node %s stopped", self.config.code)
-        self._stopped.set()
 
 
 def serve(config: NodeConfig) -> None:

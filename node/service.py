@@ -7,7 +7,7 @@ by intent and to the link manager when there is one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +18,20 @@ import pyarrow as pa
 from node.config import Child, NodeConfig, delete_child, save_child, validate_address
 from node.divisions import Tier, is_within, lookup_division
 from node.errors import UserError
-from node.federation.links import LinkManager
+from node.federation.links import LinkManager, LinkStatus
 from node.readers import read_source_file
 from node.store import Store
 
 Progress = Callable[[str, int, int], None]
 _TIER_RANK = {Tier.COUNTY: 0, Tier.CITY: 1, Tier.PROVINCE: 2}
+
+
+def _latest(applied: datetime | None, live: LinkStatus | None) -> datetime | None:
+    """Last contact with a child: its last applied batch, or a later heartbeat."""
+    if live is None or live.last_heartbeat is None:
+        return applied
+    heard = datetime.fromtimestamp(live.last_heartbeat, UTC)
+    return heard if applied is None or heard > applied else applied
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -58,6 +66,7 @@ class NodeService:
         snapshot: bool = False,
         department: str | None = None,
         file_format: str | None = None,
+        allow_empty: bool = False,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         entity = self.config.entities.get(resource)
@@ -77,12 +86,16 @@ class NodeService:
             origin_node=self.config.code,
             department=department or self.config.department,
             snapshot=snapshot,
+            allow_empty=allow_empty,
             progress=progress,
         )
         return asdict(result) | {"changes": result.changes, "node": self.config.code}
 
     def query(self, sql: str) -> pa.Table:
         return self.store.query(sql)
+
+    def query_batches(self, sql: str) -> Iterator[pa.RecordBatch]:
+        return self.store.query_batches(sql)
 
     # ----- children --------------------------------------------------------------
 
@@ -155,7 +168,7 @@ class NodeService:
                     "child_head": head,
                     "lag": lag,
                     "lag_seconds": lag_seconds,
-                    "last_pull": _iso(record.last_pull) if record else None,
+                    "last_pull": _iso(_latest(record.last_pull if record else None, status)),
                     "rows_applied": record.rows_applied if record else 0,
                     "rows": rows_by_link.get(code, 0),
                     # A serving node knows the link's current error; otherwise the last one.

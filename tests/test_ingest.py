@@ -200,3 +200,47 @@ def test_init_validates_the_division_code_and_refuses_to_overwrite(
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr
     province = cluster.node("320000", "province")
     assert province.status()["tier"] == "province"
+
+
+def test_snapshot_covers_only_its_department_and_refuses_an_empty_file(
+    county: Node, tmp_path: Path
+) -> None:
+    county.ingest(
+        "person", write_csv(tmp_path / "police.csv", PEOPLE[:2]), "--department", "公安局"
+    )
+    county.ingest("person", write_csv(tmp_path / "civil.csv", PEOPLE[2:]), "--department", "民政局")
+    snap = county.ingest(
+        "person", write_csv(tmp_path / "p1.csv", PEOPLE[:1]), "--snapshot", "--department", "公安局"
+    )
+    assert snap["deleted"] == 1
+    assert {r["name"] for r in people(county)} == {"张三", "王五"}, "民政局's record must stay"
+    empty = write_csv(tmp_path / "empty.csv", [])
+    _assert_rejected(
+        county,
+        ["ingest", "person", str(empty), "--snapshot", "--department", "公安局"],
+        "empty.csv",
+        "--allow-empty",
+    )
+    allowed = county.ingest(
+        "person", empty, "--snapshot", "--department", "公安局", "--allow-empty"
+    )
+    assert allowed["deleted"] == 1
+    assert [r["name"] for r in people(county)] == ["王五"]
+
+
+def test_query_is_read_only_and_prints_values_as_written(county: Node, tmp_path: Path) -> None:
+    rows = [[*PEOPLE[0][:1], "[/b]张[bold]三", *PEOPLE[0][2:]]]
+    county.ingest("person", write_csv(tmp_path / "odd.csv", rows))
+    shown = county.cli("query", "SELECT name FROM person")
+    assert "[/b]张[bold]三" in shown.stdout
+    outside = tmp_path / "leak.csv"
+    for sql in (
+        f"COPY person TO '{outside}'",
+        f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{outside}'",
+        "SET threads = 1",
+        "SELECT 1; DELETE FROM person",
+    ):
+        result = county.cli("query", sql, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, sql
+    assert not outside.exists()
+    assert len(people(county)) == 1

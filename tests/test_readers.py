@@ -247,8 +247,6 @@ def test_xlsx_cell_types(tmp_path: Path) -> None:
         [None, None],  # leading empty row: the header is the first non-empty row
         ["kind", "value"],
         ["int", 42],
-        # Excel keeps 15 significant digits, so an 18-digit ID typed as a number is stored so.
-        ["long id stored as float", 320102199001011000.0],
         ["integral float", 7.0],
         ["float", 0.1],
         ["date", dt.datetime(1990, 1, 1)],
@@ -261,7 +259,6 @@ def test_xlsx_cell_types(tmp_path: Path) -> None:
     values = dict(zip(*source.table.to_pydict().values(), strict=True))
     assert values == {
         "int": "42",
-        "long id stored as float": "320102199001011000",
         "integral float": "7",
         "float": "0.1",
         "date": "1990-01-01",
@@ -269,6 +266,16 @@ def test_xlsx_cell_types(tmp_path: Path) -> None:
         "bool": "true",
         "empty": None,
     }
+
+
+def test_xlsx_number_too_long_to_be_exact_is_refused_with_its_cell(tmp_path: Path) -> None:
+    # Excel keeps 15 significant digits: an 18-digit ID typed as a number lost its last ones.
+    rows: list[list[object]] = [["id_number", "name"], ["320102199001011234", "张三"]]
+    rows.append([320102199001011000.0, "李四"])
+    with pytest.raises(InputFileError) as error:
+        read_source_file(write_xlsx(tmp_path / "ids.xlsx", rows))
+    message = str(error.value)
+    assert "ids.xlsx" in message and "cell A3" in message and "as text" in message
 
 
 # --- locate ----------------------------------------------------------------------------------

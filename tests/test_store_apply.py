@@ -281,13 +281,18 @@ def test_a_delete_travels_as_a_tombstone_and_compaction_waits_for_the_ack(
 
     # The city has acknowledged only up to 3: it still needs the tombstone (seq 4).
     county.record_parent_ack(CITY, 3)
-    assert county.compact(timedelta(days=30)) == 0
+    assert county.compact(timedelta(days=30), timedelta(0)) == 0
     assert county_tombstones() == 1
     assert received(county, 3, 100, COUNTY).rows == 1
 
     county.record_parent_ack(CITY, 4)
-    assert county.compact(timedelta(days=30)) == 1
+    # Acknowledged, but younger than the minimum age: kept.
+    assert county.compact(timedelta(days=30), timedelta(hours=1)) == 0
+    assert county.compacted_through() == 0
+    assert county.compact(timedelta(days=30), timedelta(0)) == 1
     assert county_tombstones() == 0
+    # A parent below this point may have missed the delete; the servicer refuses it.
+    assert county.compacted_through() == 4
     assert live(county) == live(city)
 
 

@@ -119,7 +119,7 @@ def test_county_attached_after_running_alone_backfills_its_current_data(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     county = cluster.node("320102", "county")
-    county.configure("store", compact_interval_seconds=0.5)
+    county.configure("store", compact_interval_seconds=0.5, tombstone_min_age_hours=0.0)
     # Months alone: many imports, edits and snapshot deletes.
     for seed in range(4):
         county.ingest("person", people_file(tmp_path / f"p{seed}.csv", "320102", 100, seed=seed))

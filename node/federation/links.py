@@ -60,6 +60,7 @@ class ChildLink:
         self._call: Any = None
         self._thread: threading.Thread | None = None
         self._last_ack = 0.0
+        self._last_ack_sent = 0.0
         self._acked = -1
         self.state = "connecting"
         self.child_head: int | None = None
@@ -156,8 +157,10 @@ class ChildLink:
         self.state = "streaming" if follow else "polling"
         try:
             self._apply_stream(received, follow)
-            if not follow:
-                self.state = "idle" if not self._config.sync.subscribe else self.state
+            if follow:
+                self.state = "reconnecting"
+            elif not self._config.sync.subscribe:
+                self.state = "idle"
             self.error = None
             return True
         except grpc.RpcError as exc:
@@ -183,6 +186,15 @@ class ChildLink:
             raise UserError(
                 f"child {self.child.code}: {self.child.address} serves node {info.code} "
                 f"({info.name}), not {self.child.code}; fix the address with `children add`"
+            )
+        known = self._store.link_node_id(self.child.code)
+        if known is None:
+            self._store.set_link_node_id(self.child.code, info.node_id)
+        elif known != info.node_id:
+            raise UserError(
+                f"child {self.child.code}: its store was replaced (node id {known} is now "
+                f"{info.node_id}); its change log restarted, so pulling on would skip or shadow "
+                "its changes — refusing until the link is reset"
             )
 
     @staticmethod
@@ -259,11 +271,14 @@ class ChildLink:
         self._acknowledge(force=False)
 
     def _acknowledge(self, force: bool) -> None:
+        """Tell the child how far we have applied: when it moved, and at least every
+        minute (the child counts a parent silent for long as gone when compacting)."""
         now = time.monotonic()
         if not force and now - self._last_ack < self._config.sync.ack_interval_seconds:
             return
         link = self._store.link(self.child.code)
-        if link is None or (link.checkpoint == self._acked and not force):
+        unchanged = link is not None and link.checkpoint == self._acked
+        if link is None or (unchanged and not force and now - self._last_ack_sent < 60):
             self._last_ack = now
             return
         try:
@@ -272,6 +287,7 @@ class ChildLink:
                 timeout=5,
             )
             self._acked = link.checkpoint
+            self._last_ack_sent = now
         except grpc.RpcError as exc:
             log.debug("child %s: acknowledge failed: %s", self.child.code, _describe(exc))
         self._last_ack = now

@@ -20,6 +20,10 @@ from node.wire import encode_window
 
 log = logging.getLogger(__name__)
 
+# Bounds on one window whatever a parent asks for: memory on both ends stays bounded.
+MAX_WINDOW_CHANGES = 262144
+MAX_WINDOW_BYTES = 64 * 1024 * 1024
+
 
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(self, config: NodeConfig, store: Store, stopping: threading.Event) -> None:
@@ -27,6 +31,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._store = store
         self._stopping = stopping
         self._acks: dict[str, tuple[int, float]] = {}
+        self._node_id = store.identity().node_id
         self._ack_lock = threading.Lock()
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
@@ -36,6 +41,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             tier=self._config.tier.value,
             head_seq=self._store.head_seq,
             version=__version__,
+            node_id=self._node_id,
+            compacted_through=self._store.compacted_through(),
             entities=[
                 pb.EntitySchema(name=e.name, key=e.key, columns=list(e.column_names))
                 for e in self._config.entities.values()
@@ -53,7 +60,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         now = time.monotonic()
         with self._ack_lock:
             previous = self._acks.get(parent)
-            if previous and previous[0] >= seq and now - previous[1] < 60:
+            if previous and previous[0] == seq and now - previous[1] < 60:
                 return
             self._acks[parent] = (seq, now)
         self._store.record_parent_ack(parent, seq)
@@ -80,8 +87,18 @@ class FederationServicer(pb_grpc.FederationServicer):
                 f"parent {request.parent_code} asks for changes after {after}, but node "
                 f"{self._config.code} has only {head}: was this node's store replaced?",
             )
+        compacted = self._store.compacted_through()
+        if 0 < after < compacted:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"parent {request.parent_code} is at seq {after}, but node {self._config.code} "
+                f"has compacted deletes through seq {compacted}: the parent may hold records "
+                "deleted here and needs a full resync",
+            )
         self._note_ack(request.parent_code, after)
-        window_size = request.max_batch_changes or self._config.sync.batch_changes
+        window_size = min(
+            request.max_batch_changes or self._config.sync.batch_changes, MAX_WINDOW_CHANGES
+        )
         heartbeat = (
             request.heartbeat_ms / 1000
             if request.heartbeat_ms
@@ -98,7 +115,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         while context.is_active() and not self._stopping.is_set():
             window = self._store.read_window(after, window_size)
             if window.last_seq > after:
-                yield encode_window(window)
+                message = encode_window(window)
+                # Wide rows: halve the window until the message fits comfortably.
+                while message.ByteSize() > MAX_WINDOW_BYTES and window.last_seq - after > 1:
+                    window_size = max(1, (window.last_seq - after) // 2)
+                    window = self._store.read_window(after, window_size)
+                    message = encode_window(window)
+                yield message
                 after = window.last_seq
                 last_sent = time.monotonic()
                 continue

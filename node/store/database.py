@@ -9,7 +9,7 @@ take a fresh cursor each. Committed writes that advance the change log wake wait
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,12 +61,16 @@ class Database:
 
     @contextmanager
     def write(
-        self, arrow: Mapping[str, pa.Table] | None = None
+        self,
+        arrow: Mapping[str, pa.Table] | None = None,
+        on_commit: Callable[[], None] | None = None,
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """One write transaction on the single writer; rolled back on any exception.
 
         `arrow` tables are visible to the transaction's SQL under their names; temp
         tables it creates vanish with a rollback, so failures need no cleanup SQL.
+        `on_commit` runs after COMMIT while the writer is still held, so what it
+        publishes (the change-log head) is published in commit order.
         """
         if self.read_only:
             raise UserError(f"store {self.path} is open read-only")
@@ -82,6 +86,8 @@ class Database:
                     cur.execute("ROLLBACK")
                     raise
                 cur.execute("COMMIT")
+                if on_commit is not None:
+                    on_commit()
             finally:
                 for name in arrow or {}:
                     cur.unregister(name)

@@ -59,6 +59,11 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0002_link_child_node_id",
+        # The child store a link pulls from: a replaced store restarts its sequence.
+        ("ALTER TABLE tongyuan.links ADD COLUMN child_node_id VARCHAR",),
+    ),
 )
 
 
@@ -69,6 +74,15 @@ def quote(identifier: str) -> str:
 
 def entity_table(entity: Entity) -> str:
     return f"tongyuan.{quote('rows_' + entity.name)}"
+
+
+def stored_columns(entity: Entity) -> str:
+    """Every column of an entity table by name: INSERTs name them, since columns a config
+    added later sit after the lineage columns."""
+    names = [quote(c) for c in entity.column_names]
+    names += ["_deleted", "origin_node", "origin_seq", "origin_dept", "origin_batch"]
+    names += ["origin_time", "_seq", "_via", "_applied_at"]
+    return ", ".join(names)
 
 
 def apply_migrations(cur: duckdb.DuckDBPyConnection) -> list[str]:
@@ -88,6 +102,14 @@ def apply_migrations(cur: duckdb.DuckDBPyConnection) -> list[str]:
         cur.execute("INSERT INTO tongyuan.migrations (name) VALUES (?)", [name])
         applied.append(name)
     return applied
+
+
+def existing_entity_tables(cur: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = cur.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'tongyuan' AND table_name LIKE 'rows_%'"
+    ).fetchall()
+    return {str(r[0]) for r in rows}
 
 
 def _existing_columns(cur: duckdb.DuckDBPyConnection, table_name: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +23,14 @@ import pyarrow as pa
 from node.entities import Column, Entity
 from node.errors import InputFileError, UserError
 from node.store.database import Database
-from node.store.schema import apply_migrations, ensure_entity_tables, entity_table, quote
+from node.store.schema import (
+    apply_migrations,
+    ensure_entity_tables,
+    entity_table,
+    existing_entity_tables,
+    quote,
+    stored_columns,
+)
 
 Progress = Callable[[str, int, int], None]
 MAX_REPORTED_ERRORS = 5
@@ -178,6 +185,12 @@ class Store:
             with db.write() as cur:
                 apply_migrations(cur)
                 ensure_entity_tables(cur, list(entities.values()))
+        else:
+            # A read-only open cannot create tables a config gained since the node last
+            # ran; those entities are simply empty until it does.
+            with db.read() as cur:
+                present = existing_entity_tables(cur)
+            entities = {n: e for n, e in entities.items() if "rows_" + n in present}
         return cls(db, entities)
 
     def close(self) -> None:
@@ -230,10 +243,11 @@ class Store:
             cur.execute("UPDATE tongyuan.head SET seq = ?", [base + count])
         return base, base + count
 
-    def _committed(self, head: int, entities: Iterable[str] = ()) -> None:
+    def _publish(self, head: int, entities: Iterable[str] = ()) -> None:
+        """Make a committed head visible to window readers; called in commit order."""
         for name in entities:
-            self._entity_heads[name] = head
-        if head != self._head:
+            self._entity_heads[name] = max(self._entity_heads.get(name, 0), head)
+        if head > self._head:
             self._head = head
             self.db.notify_head()
 
@@ -249,6 +263,7 @@ class Store:
         origin_node: str,
         department: str,
         snapshot: bool,
+        allow_empty: bool = False,
         progress: Progress | None = None,
     ) -> IngestResult:
         """Validate a file's rows and apply its effective changes in one transaction.
@@ -260,12 +275,20 @@ class Store:
         report = progress or (lambda phase, done, total: None)
         self._check_columns(entity, source, file_label)
         rows = source.num_rows
+        if snapshot and rows == 0 and not allow_empty:
+            raise InputFileError(
+                f"{file_label}: a snapshot without rows would delete every {entity.name} record "
+                f"of department {department!r}; refusing (use --allow-empty if that is meant)"
+            )
         src = source.append_column("_row", pa.array(np.arange(rows, dtype=np.int64)))
         table = entity_table(entity)
         key = quote(entity.key)
         batch_id = uuid.uuid4().hex[:16]
         now = _now()
-        with self.db.write(arrow={"ingest_source": src}) as cur:
+        published: list[tuple[int, list[str]]] = []
+        with self.db.write(
+            arrow={"ingest_source": src}, on_commit=lambda: self._publish(*published[0])
+        ) as cur:
             report("validating", 0, rows)
             self._stage(cur, entity, source.column_names)
             self._validate_stage(cur, entity, source, file_label, locate)
@@ -283,12 +306,14 @@ class Store:
                 f"WHERE c.{key} IS NULL OR {compare or 'false'}",
                 [origin_node],
             )
-            only_snapshot = "" if snapshot else "AND false"
+            # A snapshot is one department's complete set: it deletes only that
+            # department's records, never another department's at the same node.
+            only_snapshot = "AND c.origin_dept = ?" if snapshot else "AND false"
             cur.execute(
                 f"CREATE OR REPLACE TEMP TABLE ingest_gone AS SELECT c.{key} FROM {current} c "
                 f"WHERE NOT EXISTS (SELECT 1 FROM ingest_stage s WHERE s.{key} = c.{key}) "
                 f"{only_snapshot}",
-                [origin_node],
+                [origin_node, department] if snapshot else [origin_node],
             )
             inserted, updated = cur.execute(
                 "SELECT count(*) FILTER (_is_new), count(*) FILTER (NOT _is_new) FROM ingest_delta"
@@ -333,7 +358,7 @@ class Store:
             report("applying", changes, changes)
             for temp in ("ingest_stage", "ingest_delta", "ingest_gone"):
                 cur.execute(f"DROP TABLE {temp}")
-        self._committed(head, [entity.name] if changes else [])
+            published.append((head, [entity.name] if changes else []))
         return result
 
     @staticmethod
@@ -432,11 +457,7 @@ class Store:
             )
         if found.problems:
             count = len(found.problems)
-            head = (
-                ""
-                if count == 1
-                else f"{count} problems (first {count} shown; nothing imported):\n  "
-            )
+            head = "" if count == 1 else f"nothing imported; the first {count} problems:\n  "
             raise InputFileError(head + "\n  ".join(found.problems))
 
     def _write_ingest(
@@ -459,14 +480,16 @@ class Store:
             [origin_node],
         )
         cur.execute(
-            f"INSERT INTO {table} SELECT {cols}, false, ?, ? + row_number() OVER (ORDER BY _row), "
+            f"INSERT INTO {table} ({stored_columns(entity)}) "
+            f"SELECT {cols}, false, ?, ? + row_number() OVER (ORDER BY _row), "
             "?, ?, ?, ? + row_number() OVER (ORDER BY _row), ?, ? FROM ingest_delta",
             [origin_node, base, department, batch_id, now, base, origin_node, now],
         )
         (n_delta,) = cur.execute("SELECT count(*) FROM ingest_delta").fetchone()  # type: ignore[misc]
         tomb_base = base + int(n_delta)
         cur.execute(
-            f"INSERT INTO {table} SELECT {nulls}, true, ?, ? + row_number() OVER (ORDER BY {key}), "
+            f"INSERT INTO {table} ({stored_columns(entity)}) "
+            f"SELECT {nulls}, true, ?, ? + row_number() OVER (ORDER BY {key}), "
             f"?, ?, ?, ? + row_number() OVER (ORDER BY {key}), ?, ? FROM ingest_gone",
             [origin_node, tomb_base, department, batch_id, now, tomb_base, origin_node, now],
         )
@@ -502,11 +525,12 @@ class Store:
                 [parent_code],
             ).fetchone()
             first_seen = row[0] if row else now
-            acked = max(acked_seq, int(row[1])) if row else acked_seq
+            # The latest report, not the highest: a parent restored from a backup is
+            # behind again, and compaction must wait for it.
             cur.execute("DELETE FROM tongyuan.parents WHERE parent_code = ?", [parent_code])
             cur.execute(
                 "INSERT INTO tongyuan.parents VALUES (?, ?, ?, ?)",
-                [parent_code, acked, first_seen, now],
+                [parent_code, acked_seq, first_seen, now],
             )
 
     def parents(self) -> list[ParentRecord]:
@@ -517,30 +541,54 @@ class Store:
             ).fetchall()
         return [ParentRecord(r[0], int(r[1]), r[2], r[3]) for r in rows]
 
-    def compact(self, parent_timeout: timedelta) -> int:
+    def compact(self, parent_timeout: timedelta, min_age: timedelta) -> int:
         """Drop tombstones every active parent has applied; returns how many went.
 
         The log already keeps only the latest version per record, which is exactly
         what a new parent needs for a full backfill; tombstones are only needed by
-        parents that hold the record, so they go once acknowledged. With no parent
-        ever seen, nobody above holds anything and all tombstones go.
+        parents that hold the record, so they go once acknowledged and older than
+        `min_age` (which also covers a stale copy arriving late by a second path
+        while a child moves). With no parent ever seen, nobody above holds anything.
+        The highest sequence dropped is remembered: a parent whose checkpoint is
+        below it may have missed deletes and is refused (`compacted_through`).
         """
-        cutoff = _now() - parent_timeout
-        active = [p.acked_seq for p in self.parents() if p.last_seen >= cutoff]
+        now = _now()
+        active = [p.acked_seq for p in self.parents() if p.last_seen >= now - parent_timeout]
         floor = min(active) if active else self._head
         removed = 0
         with self.db.write() as cur:
+            dropped_through = self._compacted_through(cur)
             for entity in self.entities.values():
-                (n,) = cur.execute(
-                    f"SELECT count(*) FROM {entity_table(entity)} WHERE _deleted AND _seq <= ?",
-                    [floor],
+                table = entity_table(entity)
+                (n, highest) = cur.execute(
+                    f"SELECT count(*), max(_seq) FROM {table} "
+                    "WHERE _deleted AND _seq <= ? AND _applied_at <= ?",
+                    [floor, now - min_age],
                 ).fetchone()  # type: ignore[misc]
                 if n:
                     cur.execute(
-                        f"DELETE FROM {entity_table(entity)} WHERE _deleted AND _seq <= ?", [floor]
+                        f"DELETE FROM {table} WHERE _deleted AND _seq <= ? AND _applied_at <= ?",
+                        [floor, now - min_age],
                     )
                     removed += int(n)
+                    dropped_through = max(dropped_through, int(highest))
+            cur.execute("DELETE FROM tongyuan.meta WHERE key = 'compacted_through'")
+            cur.execute(
+                "INSERT INTO tongyuan.meta VALUES ('compacted_through', ?)", [str(dropped_through)]
+            )
         return removed
+
+    @staticmethod
+    def _compacted_through(cur: duckdb.DuckDBPyConnection) -> int:
+        row = cur.execute(
+            "SELECT value FROM tongyuan.meta WHERE key = 'compacted_through'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def compacted_through(self) -> int:
+        """Highest sequence of a tombstone compaction dropped (0 if none)."""
+        with self.db.read() as cur:
+            return self._compacted_through(cur)
 
     # ----- pulling from children --------------------------------------------------------
 
@@ -557,6 +605,22 @@ class Store:
             cur.execute("INSERT INTO tongyuan.links (child_code) VALUES (?)", [child_code])
             return 0
         return int(row[0])
+
+    def link_node_id(self, child_code: str) -> str | None:
+        """The node id of the child store this link has pulled from, if any."""
+        with self.db.read() as cur:
+            row = cur.execute(
+                "SELECT child_node_id FROM tongyuan.links WHERE child_code = ?", [child_code]
+            ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def set_link_node_id(self, child_code: str, node_id: str) -> None:
+        with self.db.write() as cur:
+            self._ensure_link(cur, child_code)
+            cur.execute(
+                "UPDATE tongyuan.links SET child_node_id = ? WHERE child_code = ?",
+                [node_id, child_code],
+            )
 
     def links(self) -> list[LinkRecord]:
         with self.db.read() as cur:
@@ -598,7 +662,15 @@ class Store:
                 table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
                 ordinal = np.arange(1, table.num_rows + 1, dtype=np.int64)
                 incoming[name] = table.append_column("_ord", pa.array(ordinal))
-        with self.db.write(arrow={f"incoming_{n}": t for n, t in incoming.items()}) as cur:
+        published: list[tuple[int, list[str]]] = []
+
+        def publish() -> None:
+            if published:
+                self._publish(*published[0])
+
+        with self.db.write(
+            arrow={f"incoming_{n}": t for n, t in incoming.items()}, on_commit=publish
+        ) as cur:
             row = cur.execute(
                 "SELECT (SELECT seq FROM tongyuan.head), "
                 "(SELECT checkpoint FROM tongyuan.links WHERE child_code = ?)",
@@ -651,7 +723,7 @@ class Store:
                     child_code,
                 ],
             )
-        self._committed(head, changed)
+            published.append((head, changed))
         return ApplyResult(last.last_seq, received, applied, redelivered=False)
 
     @staticmethod
@@ -705,7 +777,8 @@ class Store:
         else:
             fresh = ""
         (inserted,) = cur.execute(
-            f"INSERT INTO {table} SELECT {cols}, {lineage}, ? + _ord, ?, ? FROM {source} i "
+            f"INSERT INTO {table} ({stored_columns(entity)}) "
+            f"SELECT {cols}, {lineage}, ? + _ord, ?, ? FROM {source} i "
             f"WHERE i.origin_node <> ? {fresh}",
             [base, via, now, self_code],
         ).fetchone()  # type: ignore[misc]
@@ -739,15 +812,22 @@ class Store:
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def query(self, sql: str) -> pa.Table:
-        """Run one read-only SELECT; anything else is refused before it runs."""
+        """Run one read-only SELECT and return all of its rows."""
+        batches = list(self.query_batches(sql))
+        if not batches:
+            return pa.table({})
+        return pa.Table.from_batches(batches)
+
+    def query_batches(self, sql: str, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+        """Run one read-only SELECT and stream its rows, so a large answer does not sit
+        in the serving node's memory; anything but a SELECT is refused before it runs."""
         try:
             statements = duckdb.extract_statements(sql)
         except duckdb.Error as exc:
             raise UserError(f"query: {exc}") from None
         if len(statements) != 1:
             raise UserError("query: give exactly one SQL statement")
-        allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-        if statements[0].type not in allowed:
+        if statements[0].type is not duckdb.StatementType.SELECT:
             raise UserError(
                 "query: only read-only SELECT statements are allowed, "
                 f"not {statements[0].type.name}"
@@ -756,9 +836,24 @@ class Store:
             if not self.db.read_only:
                 cur.execute("BEGIN TRANSACTION")
             try:
-                return cur.sql(sql).to_arrow_table()
-            except duckdb.Error as exc:
-                raise UserError(f"query: {exc}") from None
+                try:
+                    reader = cur.sql(sql).to_arrow_reader(batch_rows)
+                except duckdb.Error as exc:
+                    raise UserError(f"query: {exc}") from None
+                yield from _batches(reader, sql)
             finally:
                 if not self.db.read_only:
                     cur.execute("ROLLBACK")
+
+
+def _batches(reader: pa.RecordBatchReader, sql: str) -> Iterator[pa.RecordBatch]:
+    """The reader's batches (at least one, so the schema travels), errors as UserError."""
+    sent = False
+    try:
+        for batch in reader:
+            sent = True
+            yield batch
+    except (duckdb.Error, pa.ArrowException) as exc:
+        raise UserError(f"query: {exc}") from None
+    if not sent:
+        yield pa.RecordBatch.from_pylist([], schema=reader.schema)

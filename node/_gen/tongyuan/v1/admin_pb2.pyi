@@ -63,12 +63,15 @@ class IngestRequest(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     resource: _builtins.str
     path: _builtins.str
     """Absolute path on the node's machine."""
     snapshot: _builtins.bool
     department: _builtins.str
     format: _builtins.str
+    allow_empty: _builtins.bool
+    """With snapshot: accept a file without rows (which deletes every record it covers)."""
     def __init__(
         self,
         *,
@@ -77,10 +80,11 @@ class IngestRequest(_message.Message):
         snapshot: _builtins.bool = ...,
         department: _builtins.str = ...,
         format: _builtins.str = ...,
+        allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "format", b"format", "path", b"path", "resource", b"resource", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "department", b"department", "format", b"format", "path", b"path", "resource", b"resource", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

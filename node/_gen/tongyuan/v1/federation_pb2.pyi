@@ -51,12 +51,20 @@ class NodeInfo(_message.Message):
     HEAD_SEQ_FIELD_NUMBER: _builtins.int
     ENTITIES_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    COMPACTED_THROUGH_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name: _builtins.str
     tier: _builtins.str
     head_seq: _builtins.int
     """Highest sequence number in the node's change log."""
     version: _builtins.str
+    node_id: _builtins.str
+    """Identity of the node's store; a new store (re-initialised node) restarts its sequence."""
+    compacted_through: _builtins.int
+    """Tombstones up to this sequence may have been compacted away: a parent whose checkpoint
+    is above 0 but below it may have missed deletes.
+    """
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntitySchema]:
         """Entities this node holds, with their column names (for diagnostics)."""
@@ -70,10 +78,12 @@ class NodeInfo(_message.Message):
         head_seq: _builtins.int = ...,
         entities: _abc.Iterable[Global___EntitySchema] | None = ...,
         version: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        compacted_through: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "entities", b"entities", "head_seq", b"head_seq", "name", b"name", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "entities", b"entities", "head_seq", b"head_seq", "name", b"name", "node_id", b"node_id", "tier", b"tier", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,96 @@
+"""A node's life: restarts after kill -9, a config that gains entities and columns, and
+a child whose store was replaced under the same code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import Cluster, wait_until
+
+VEHICLE = """
+[[entities]]
+name = "vehicle"
+key = "plate"
+columns = { plate = "string", owner_id_number = "string", registered_on = "date" }
+"""
+
+
+def test_a_killed_node_leaves_nothing_that_blocks_the_cli_or_a_restart(cluster: Cluster) -> None:
+    county = cluster.node("320102", "county").start()
+    admin = county.directory / "run" / "admin.json"
+    endpoint = json.loads(admin.read_text())
+    county.kill9()
+    assert admin.exists(), "kill -9 leaves the runtime file behind"
+    # Even if the pid were reused, the lock died with the process: the CLI opens the store.
+    endpoint["pid"] = 1
+    admin.write_text(json.dumps(endpoint))
+    status = county.status()
+    assert status["serving"] is False
+    county.start()
+    assert county.fetch_status()["serving"] is True
+    second = county.cli("serve", check=False)
+    assert second.returncode == 1 and "already serving" in second.stderr
+
+
+def test_a_config_can_add_an_entity_and_later_a_column(cluster: Cluster, tmp_path: Path) -> None:
+    county = cluster.node("320102", "county")
+    config = county.directory / "tongyuan.toml"
+    config.write_text(config.read_text(encoding="utf-8") + VEHICLE, encoding="utf-8")
+    # A stopped node whose store predates the entity still answers status (it is empty).
+    assert county.status()["rows"].get("vehicle", 0) == 0
+    cars = tmp_path / "cars.csv"
+    cars.write_text("plate,owner_id_number,registered_on\n苏A12345,320102199001011234,2020-05-01\n")
+    county.ingest("vehicle", cars)
+    with_color = VEHICLE.replace(
+        'registered_on = "date" }', 'registered_on = "date", color = "string" }'
+    )
+    config.write_text(config.read_text(encoding="utf-8").replace(VEHICLE, with_color))
+    county.start()
+    city = cluster.node("320100", "city")
+    (city.directory / "tongyuan.toml").write_text(
+        (city.directory / "tongyuan.toml").read_text(encoding="utf-8") + with_color,
+        encoding="utf-8",
+    )
+    city.start()
+    city.cli("children", "add", county.code, county.address)
+    painted = tmp_path / "painted.csv"
+    painted.write_text(
+        "plate,owner_id_number,registered_on,color\n苏A12345,320102199001011234,2020-05-01,红\n"
+        "苏A99999,320102198505052345,2021-01-02,white\n"
+    )
+    assert county.ingest("vehicle", painted)["changes"] == 2
+    expected = [
+        {"plate": "苏A12345", "color": "红", "origin_node": "320102"},
+        {"plate": "苏A99999", "color": "white", "origin_node": "320102"},
+    ]
+    sql = "SELECT plate, color, origin_node FROM vehicle ORDER BY plate"
+    assert county.fetch(sql) == expected
+    wait_until(lambda: city.fetch(sql) == expected, what="vehicles at the city")
+
+
+def test_a_child_whose_store_was_replaced_is_refused_not_mixed_in(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    county = cluster.node("320102", "county").start()
+    city = cluster.node("320100", "city").start()
+    city.cli("children", "add", county.code, county.address)
+    people = tmp_path / "p.csv"
+    people.write_text(
+        "id_number,name,sex,birth_date,phone,address,division_code\n"
+        "320102199001011234,张三,1,1990-01-01,1,a,320102\n"
+    )
+    county.ingest("person", people)
+    wait_until(lambda: len(city.fetch("SELECT * FROM person")) == 1, what="first sync")
+    county.stop()
+    shutil.rmtree(county.directory)
+    county.init()  # same code, same address, a brand-new store
+    county.start()
+
+    def refused() -> bool:
+        child = city.fetch_status()["children"][0]
+        return child["state"] == "down" and "replaced" in (child["error"] or "")
+
+    wait_until(refused, what="the link to refuse the replaced store")
+    assert len(city.fetch("SELECT * FROM person")) == 1
