@@ -36,6 +36,7 @@ from node._gen.tongyuan.v1 import federation_pb2 as fpb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as fpb_grpc
 from node.admin import RemoteNode, read_endpoint
 from node.demo_data import bench_people
+from node.errors import NodeUnavailable
 from node.wire import GRPC_MESSAGE_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +82,11 @@ class BenchNode:
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if read_endpoint(self.directory / "run" / "admin.json") is not None:
-                return self
+            try:
+                if read_endpoint(self.directory / "run" / "admin.json") is not None:
+                    return self
+            except NodeUnavailable:
+                pass  # starting
             time.sleep(0.05)
         raise RuntimeError(f"node {self.code} did not start")
 
