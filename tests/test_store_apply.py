@@ -7,6 +7,7 @@ another path must be no-ops; gaps must be refused; deletes travel as tombstones.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -316,3 +317,42 @@ def test_rows_that_originate_at_the_applying_node_are_ignored(stores: dict[str, 
     ]
     assert doubled_identities(city) == 0
     assert_log_consistent(city)
+
+
+def test_a_commit_is_published_before_the_next_writer_can_commit(tmp_path: Path) -> None:
+    """Window readers trust the published head: if a later commit could publish before an
+    earlier one, a window would skip the earlier commit's rows for good."""
+    from node.store.database import Database
+
+    db = Database(tmp_path / "order.duckdb")
+    with db.write() as cur:
+        cur.execute("CREATE TABLE t (v INTEGER)")
+    published: list[str] = []
+    first_publishing = threading.Event()
+    release_first = threading.Event()
+
+    def slow_publish() -> None:
+        first_publishing.set()
+        release_first.wait(5)
+        published.append("first")
+
+    def first() -> None:
+        with db.write(on_commit=slow_publish) as cur:
+            cur.execute("INSERT INTO t VALUES (1)")
+
+    def second() -> None:
+        with db.write(on_commit=lambda: published.append("second")) as cur:
+            cur.execute("INSERT INTO t VALUES (2)")
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_publishing.wait(5)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(0.3)
+    assert b.is_alive(), "the second writer must wait until the first has published"
+    release_first.set()
+    a.join(5)
+    b.join(5)
+    assert published == ["first", "second"]
+    db.close()
