@@ -94,3 +94,51 @@ def test_a_child_whose_store_was_replaced_is_refused_not_mixed_in(
 
     wait_until(refused, what="the link to refuse the replaced store")
     assert len(city.fetch("SELECT * FROM person")) == 1
+
+
+def test_a_parent_restored_from_an_old_backup_is_told_to_resync(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    county = cluster.node("320102", "county")
+    county.configure("store", compact_interval_seconds=0.5, tombstone_min_age_hours=0.0)
+    county.start()
+    city = cluster.node("320100", "city").start()
+    city.cli("children", "add", county.code, county.address)
+    header = "id_number,name,sex,birth_date,phone,address,division_code\n"
+    one = "320102199001011234,张三,1,1990-01-01,1,a,320102\n"
+    two = "320102198505052345,李四,2,1985-05-05,2,b,320102\n"
+    both = tmp_path / "both.csv"
+    both.write_text(header + one + two)
+    county.ingest("person", both)
+    wait_until(lambda: len(city.fetch("SELECT * FROM person")) == 2, what="first sync")
+    # The city operator takes a backup (stopped node: copy the store file).
+    city.stop()
+    backup = tmp_path / "city-backup.duckdb"
+    shutil.copy(city.directory / "store.duckdb", backup)
+    city.start()
+    # A third record, then a deletion, both acknowledged; the tombstone is compacted away.
+    three = tmp_path / "three.csv"
+    three.write_text(header + one + two + "320102200002293451,王五,1,2000-02-29,3,c,320102\n")
+    county.ingest("person", three)
+    only_one = tmp_path / "one.csv"
+    only_one.write_text(header + one)
+    county.ingest("person", only_one, "--snapshot")
+    wait_until(lambda: len(city.fetch("SELECT * FROM person")) == 1, what="deletes applied")
+    wait_until(
+        lambda: (
+            county.fetch("SELECT count(*) AS n FROM tongyuan.rows_person WHERE _deleted")[0]["n"]
+            == 0
+        ),
+        what="tombstones compacted",
+    )
+    # Disaster at the city: it comes back from the backup, before the deletions.
+    city.stop()
+    shutil.copy(backup, city.directory / "store.duckdb")
+    city.start()
+
+    def refused() -> bool:
+        child = city.fetch_status()["children"][0]
+        return "full resync" in (child["error"] or "")
+
+    wait_until(refused, what="the county to refuse the restored parent")
+    assert len(city.fetch("SELECT * FROM person")) == 2, "nothing was applied on top"
