@@ -353,10 +353,6 @@ class LinkManager:
             callback(code, None)
         return True
 
-    def get(self, code: str) -> ChildLink | None:
-        with self._lock:
-            return self._links.get(code)
-
     def statuses(self) -> dict[str, LinkStatus]:
         with self._lock:
             links = list(self._links.values())
