@@ -23,7 +23,7 @@ import pyarrow as pa
 from node._gen.tongyuan.v1 import admin_pb2 as pb
 from node._gen.tongyuan.v1 import admin_pb2_grpc as pb_grpc
 from node.errors import NodeUnavailable, UserError
-from node.service import NodeService, Progress
+from node.service import DEFAULT_INGEST, IngestOptions, NodeService, Progress
 from node.wire import GRPC_MESSAGE_OPTIONS, decode_table
 
 TOKEN_HEADER = "x-tongyuan-admin-token"
@@ -187,14 +187,14 @@ class AdminServicer(pb_grpc.AdminServicer):
 
         def run() -> None:
             try:
-                result = self._service.ingest(
-                    request.resource,
-                    Path(request.path),
+                options = IngestOptions(
                     snapshot=request.snapshot,
                     department=request.department or None,
                     file_format=request.format or None,
                     allow_empty=request.allow_empty,
-                    progress=progress,
+                )
+                result = self._service.ingest(
+                    request.resource, Path(request.path), options, progress
                 )
                 events.put(pb.IngestProgress(phase="done", result_json=to_json(result)))
             except UserError as exc:
@@ -294,20 +294,16 @@ class RemoteNode:
         self,
         resource: str,
         path: Path,
-        *,
-        snapshot: bool = False,
-        department: str | None = None,
-        file_format: str | None = None,
-        allow_empty: bool = False,
+        options: IngestOptions = DEFAULT_INGEST,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         request = pb.IngestRequest(
             resource=resource,
             path=str(path.resolve()),
-            snapshot=snapshot,
-            department=department or "",
-            format=file_format or "",
-            allow_empty=allow_empty,
+            snapshot=options.snapshot,
+            department=options.department or "",
+            format=options.file_format or "",
+            allow_empty=options.allow_empty,
         )
 
         def run() -> dict[str, Any]:

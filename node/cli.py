@@ -29,6 +29,7 @@ from node.divisions import lookup_division, tier_of
 from node.entities import BASE_ENTITIES
 from node.errors import UserError
 from node.output import err_console, print_arrow, print_children, print_json, print_status
+from node.service import IngestOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -222,15 +223,13 @@ def ingest(
         def progress(phase: str, done: int, total: int) -> None:
             bar.update(task, description=phase, completed=done, total=total or None)
 
-        result = node.ingest(
-            resource,
-            file.resolve(),
+        options = IngestOptions(
             snapshot=snapshot,
             department=department,
             file_format=file_format,
             allow_empty=allow_empty,
-            progress=progress,
         )
+        result = node.ingest(resource, file.resolve(), options, progress)
     if as_json:
         print_json(result)
         return

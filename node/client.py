@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from node.admin import RemoteNode, read_endpoint
 from node.config import load_config
-from node.service import NodeService, Progress
+from node.service import DEFAULT_INGEST, IngestOptions, NodeService, Progress
 from node.store import Store
 
 
@@ -21,11 +21,7 @@ class NodeAPI(Protocol):
         self,
         resource: str,
         path: Path,
-        *,
-        snapshot: bool = False,
-        department: str | None = None,
-        file_format: str | None = None,
-        allow_empty: bool = False,
+        options: IngestOptions = DEFAULT_INGEST,
         progress: Progress | None = None,
     ) -> dict[str, Any]: ...
 

@@ -8,7 +8,7 @@ by intent and to the link manager when there is one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,19 @@ from node.readers import read_source_file
 from node.store import Store
 
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to import a file: the CLI's flags, carried unchanged to a serving node."""
+
+    snapshot: bool = False
+    department: str | None = None
+    file_format: str | None = None
+    allow_empty: bool = False
+
+
+DEFAULT_INGEST = IngestOptions()
 _TIER_RANK = {Tier.COUNTY: 0, Tier.CITY: 1, Tier.PROVINCE: 2}
 
 
@@ -62,11 +75,7 @@ class NodeService:
         self,
         resource: str,
         path: Path,
-        *,
-        snapshot: bool = False,
-        department: str | None = None,
-        file_format: str | None = None,
-        allow_empty: bool = False,
+        options: IngestOptions = DEFAULT_INGEST,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         entity = self.config.entities.get(resource)
@@ -77,16 +86,16 @@ class NodeService:
             )
         if progress:
             progress("reading", 0, 0)
-        source = read_source_file(path, file_format)
+        source = read_source_file(path, options.file_format)
         result = self.store.ingest(
             entity,
             source.table,
             file_label=str(path.name),
             locate=source.locate,
             origin_node=self.config.code,
-            department=department or self.config.department,
-            snapshot=snapshot,
-            allow_empty=allow_empty,
+            department=options.department or self.config.department,
+            snapshot=options.snapshot,
+            allow_empty=options.allow_empty,
             progress=progress,
         )
         return asdict(result) | {"changes": result.changes, "node": self.config.code}
