@@ -46,6 +46,10 @@ def user_errors(fn: F) -> F:
                 Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True
             )
             sys.exit(1)
+        except KeyboardInterrupt:
+            # Every write is one transaction: an interrupted command changed nothing.
+            err_console.print("interrupted; nothing was changed", highlight=False)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -99,7 +103,12 @@ def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
     for existing in (config_path, store_path):
         if existing.exists():
             raise UserError(f"{existing} already exists; refusing to overwrite an existing node")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / ".tongyuan-write-test").touch()
+        (directory / ".tongyuan-write-test").unlink()
+    except OSError as exc:
+        raise UserError(f"cannot create a node in {directory}: {exc.strerror or exc}") from None
     display = name or division.name
     config_path.write_text(render_initial_config(code, display, listen), encoding="utf-8")
     try:

@@ -54,4 +54,8 @@ def open_node(directory: Path, *, write: bool) -> NodeAPI:
         read_only=not write,
         memory_limit=config.store.memory_limit,
     )
-    return LocalNode(config, store)
+    try:
+        return LocalNode(config, store)
+    except BaseException:
+        store.close()
+        raise

@@ -105,13 +105,22 @@ def _settings(cls: type, values: dict[str, Any], path: Path, section: str) -> An
         if key not in known:
             raise ConfigError(f"{path}: [{section}] has unknown setting {key!r}")
         expected = type(getattr(cls(), key))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        widened = expected is float and number
+        if not widened and (
+            not isinstance(value, expected) or isinstance(value, bool) != (expected is bool)
+        ):
             raise ConfigError(
                 f"{path}: [{section}] {key} must be a {expected.__name__}, got {value!r}"
             )
+        if number and not (value >= 0 if key in _ZERO_ALLOWED else value > 0):
+            limit = "0 or more" if key in _ZERO_ALLOWED else "above 0"
+            raise ConfigError(f"{path}: [{section}] {key} must be {limit}, got {value!r}")
     return cls(**values)
+
+
+# Settings where 0 is meaningful ("keep deletes no minimum time").
+_ZERO_ALLOWED = frozenset({"tombstone_min_age_hours"})
 
 
 def load_config(directory: Path) -> NodeConfig:

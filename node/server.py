@@ -27,7 +27,7 @@ from node.admin import (
     write_endpoint,
 )
 from node.config import NodeConfig
-from node.errors import ConfigError, UserError
+from node.errors import UserError
 from node.federation.links import ChildLink, LinkManager
 from node.federation.servicer import FederationServicer
 from node.service import NodeService
@@ -63,12 +63,6 @@ class NodeServer:
 
     def _wire(self) -> None:
         config = self.config
-        identity = self.store.identity()
-        if identity.code != config.code:
-            raise ConfigError(
-                f"{config.config_path}: [node] code is {config.code} but the store belongs to "
-                f"node {identity.code}"
-            )
         self.health = health.HealthServicer()
         self.links = LinkManager(config, self.store)
         self.scheduler = BackgroundScheduler(timezone="UTC")

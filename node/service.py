@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from node.config import Child, NodeConfig, delete_child, save_child, validate_address
 from node.divisions import Tier, is_within, lookup_division
-from node.errors import UserError
+from node.errors import ConfigError, UserError
 from node.federation.links import LinkManager, LinkStatus
 from node.readers import read_source_file
 from node.store import Store
@@ -59,6 +59,12 @@ class NodeService:
         links: LinkManager | None = None,
         listen: str | None = None,
     ) -> None:
+        identity = store.identity()
+        if identity.code != config.code:
+            raise ConfigError(
+                f"{config.config_path}: [node] code is {config.code} but the store belongs to "
+                f"node {identity.code}; put the code back (a node's code cannot change)"
+            )
         self.config = config
         self.store = store
         self.links = links

@@ -238,9 +238,55 @@ def test_query_is_read_only_and_prints_values_as_written(county: Node, tmp_path:
         f"COPY person TO '{outside}'",
         f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{outside}'",
         "SET threads = 1",
+        "SELECT * FROM read_csv('/etc/passwd')",
         "SELECT 1; DELETE FROM person",
     ):
         result = county.cli("query", sql, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr, sql
     assert not outside.exists()
     assert len(people(county)) == 1
+
+
+def test_values_that_would_be_rounded_or_unreadable_are_refused(
+    county: Node, tmp_path: Path
+) -> None:
+    header = [
+        "uscc",
+        "name",
+        "legal_rep_id_number",
+        "registered_on",
+        "registered_capital",
+        "address",
+        "division_code",
+    ]
+    good = ["91320102MA1XXXXX0A", "某公司", PEOPLE[0][0], "2020-01-01", "1000.50", "地址", "320102"]
+    county.ingest("legal_entity", write_csv(tmp_path / "ok.csv", [good], header))
+    rounded = [*good[:4], "1000.123", *good[5:]]
+    _assert_rejected(
+        county,
+        ["ingest", "legal_entity", str(write_csv(tmp_path / "cap.csv", [rounded], header))],
+        "cap.csv",
+        "row 1",
+        "registered_capital",
+        "1000.123",
+        "2 after the decimal point",
+    )
+    year_zero = [*good[:3], "0000-01-01", *good[4:]]
+    _assert_rejected(
+        county,
+        ["ingest", "legal_entity", str(write_csv(tmp_path / "y0.csv", [year_zero], header))],
+        "y0.csv",
+        "registered_on",
+        "0000-01-01",
+    )
+    assert county.query("SELECT registered_capital FROM legal_entity") == [
+        {"registered_capital": "1000.50"}
+    ]
+
+
+def test_a_config_whose_code_no_longer_matches_the_store_is_refused(county: Node) -> None:
+    config = county.directory / "tongyuan.toml"
+    config.write_text(config.read_text(encoding="utf-8").replace('"320102"', '"320104"', 1))
+    result = county.cli("ingest", "person", "nowhere.csv", check=False)
+    assert result.returncode == 1 and "belongs to node 320102" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -32,6 +32,9 @@ class Database:
             # the node checkpoints on a timer and at shutdown instead.
             "checkpoint_threshold": "256MB",
             "memory_limit": memory_limit,
+            # The store never reads or writes other files through SQL (imports go through
+            # pyarrow), so `query` cannot be used to read /etc/passwd or write anywhere.
+            "enable_external_access": False,
         }
         try:
             self._db = duckdb.connect(str(path), read_only=read_only, config=config)
@@ -41,6 +44,8 @@ class Database:
                     f"store {path} is in use by another process (is the node serving? "
                     "then its admin API should have been used — check run/admin.json)"
                 ) from None
+            raise UserError(f"cannot open store {path}: {exc}") from None
+        except duckdb.Error as exc:  # e.g. a memory_limit DuckDB cannot parse
             raise UserError(f"cannot open store {path}: {exc}") from None
         self._write_lock = threading.Lock()
         self._writer = self._db.cursor()

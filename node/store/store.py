@@ -34,6 +34,15 @@ from node.store.schema import (
 
 Progress = Callable[[str, int, int], None]
 MAX_REPORTED_ERRORS = 5
+# What a value of each column type must look like, for error messages.
+EXPECTED_VALUE = {
+    "integer": "a whole number",
+    "double": "a number",
+    "decimal": "a number with at most 16 digits before and 2 after the decimal point",
+    "boolean": "true or false",
+    "date": "a date (YYYY-MM-DD, YYYYMMDD or YYYY/MM/DD, years 1–9999)",
+    "timestamp": "a date and time (YYYY-MM-DD HH:MM:SS, years 1–9999)",
+}
 # Below this many rows an apply skips the existence probe (fewer statements, lower latency).
 SMALL_BATCH_ROWS = 2048
 
@@ -179,7 +188,10 @@ class Store:
         memory_limit: str = "1GB",
     ) -> Store:
         if not path.exists():
-            raise UserError(f"store {path} does not exist; run `tongyuan init` first")
+            raise UserError(
+                f"store {path} is missing but its config is there: restore the store from a "
+                "backup, or move the directory aside and run `tongyuan init` again"
+            )
         db = Database(path, read_only=read_only, memory_limit=memory_limit)
         if not read_only:
             with db.write() as cur:
@@ -383,9 +395,21 @@ class Store:
         if column.type == "string":
             return raw
         if column.type == "date":
-            return (
+            value = (
                 f"COALESCE(TRY_CAST({raw} AS DATE), "
                 f"CAST(TRY_STRPTIME({raw}, ['%Y%m%d', '%Y/%m/%d', '%Y.%m.%d']) AS DATE))"
+            )
+            # Years 1–9999 only: anything else cannot be read back by clients.
+            return f"CASE WHEN year({value}) BETWEEN 1 AND 9999 THEN {value} END"
+        if column.type == "timestamp":
+            value = f"TRY_CAST({raw} AS TIMESTAMP)"
+            return f"CASE WHEN year({value}) BETWEEN 1 AND 9999 THEN {value} END"
+        if column.type == "decimal":
+            # Refuse rather than round: 12.345 does not fit two decimal places.
+            exact = f"TRY_CAST({raw} AS DECIMAL(38,10))"
+            return (
+                f"CASE WHEN {exact} = TRY_CAST({raw} AS {column.sql_type}) "
+                f"THEN TRY_CAST({raw} AS {column.sql_type}) END"
             )
         return f"TRY_CAST({raw} AS {column.sql_type})"
 
@@ -437,7 +461,7 @@ class Store:
                 if not ok:
                     found.add(
                         f"{file_label} {locate(row)}, column {column.name}: "
-                        f"{raw_value!r} is not a valid {column.type}"
+                        f"{raw_value!r} is not {EXPECTED_VALUE[column.type]}"
                     )
         key = quote(entity.key)
         for (row,) in cur.execute(
