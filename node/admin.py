@@ -7,6 +7,7 @@ the node's user alone, to `run/admin.json` in the node directory.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import queue
@@ -24,7 +25,7 @@ from node._gen.tongyuan.v1 import admin_pb2 as pb
 from node._gen.tongyuan.v1 import admin_pb2_grpc as pb_grpc
 from node.errors import NodeUnavailable, UserError
 from node.service import DEFAULT_INGEST, IngestOptions, NodeService, Progress
-from node.wire import GRPC_MESSAGE_OPTIONS, decode_table
+from node.wire import GRPC_MESSAGE_OPTIONS
 
 TOKEN_HEADER = "x-tongyuan-admin-token"
 _CHUNK = 4 * 1024 * 1024
@@ -168,6 +169,28 @@ class _ChunkSink:
         data = b"".join(self._parts)
         self._parts, self.size = [], 0
         return data
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over a sequence of byte chunks, for an Arrow IPC stream reader."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
 
 
 class AdminServicer(pb_grpc.AdminServicer):
@@ -317,14 +340,18 @@ class RemoteNode:
         return dict(self._call(run))
 
     def query(self, sql: str) -> pa.Table:
-        def run() -> pa.Table:
-            data = b"".join(
-                chunk.arrow_ipc
-                for chunk in self._stub.Query(pb.QueryRequest(sql=sql), metadata=self._metadata)
-            )
-            return decode_table(data)
+        return pa.Table.from_batches(list(self.query_batches(sql)))
 
-        return self._call(run)
+    def query_batches(self, sql: str) -> Iterator[pa.RecordBatch]:
+        """Stream the answer: chunks are decoded as they arrive, never all held at once."""
+        chunks = self._stub.Query(pb.QueryRequest(sql=sql), metadata=self._metadata)
+        reader = self._call(lambda: pa.ipc.open_stream(_ChunkReader(c.arrow_ipc for c in chunks)))
+        while True:
+            try:
+                batch = self._call(reader.read_next_batch)
+            except StopIteration:
+                return
+            yield batch
 
     def _children(self, fn: Callable[[], pb.ChildrenReply]) -> list[dict[str, Any]]:
         reply = self._call(fn)

@@ -28,7 +28,7 @@ from node.config import (
 from node.divisions import lookup_division, tier_of
 from node.entities import BASE_ENTITIES
 from node.errors import UserError
-from node.output import err_console, print_arrow, print_children, print_json, print_status
+from node.output import err_console, print_batches, print_children, print_json, print_status
 from node.service import IngestOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -272,8 +272,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def query(ctx: click.Context, sql: str, as_json: bool) -> None:
     """Run read-only SQL on the local store (tables: person, legal_entity, …)."""
     with node_handle(ctx, write=False) as node:
-        table = node.query(sql)
-    print_arrow(table, as_json=as_json)
+        print_batches(node.query_batches(sql), as_json=as_json)
 
 
 def main() -> None:

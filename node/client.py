@@ -3,6 +3,7 @@ otherwise by opening the store itself (read-only unless the command writes)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +27,8 @@ class NodeAPI(Protocol):
     ) -> dict[str, Any]: ...
 
     def query(self, sql: str) -> pa.Table: ...
+
+    def query_batches(self, sql: str) -> Iterator[pa.RecordBatch]: ...
 
     def add_child(self, code: str, address: str) -> list[dict[str, Any]]: ...
 

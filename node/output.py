@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -35,21 +36,39 @@ def print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=_json_value) + "\n")
 
 
-def print_arrow(table: pa.Table, *, as_json: bool, max_rows: int = 1000) -> None:
+def print_batches(
+    batches: Iterable[pa.RecordBatch], *, as_json: bool, max_rows: int = 1000
+) -> None:
+    """Print a query's answer as it streams: a JSON array, or a table of the first rows."""
     if as_json:
-        sys.stdout.write(
-            json.dumps(table.to_pylist(), ensure_ascii=False, default=_json_value) + "\n"
-        )
+        out = sys.stdout
+        out.write("[")
+        first = True
+        for batch in batches:
+            for row in batch.to_pylist():
+                out.write(
+                    ("" if first else ",")
+                    + json.dumps(row, ensure_ascii=False, default=_json_value)
+                )
+                first = False
+        out.write("]\n")
         return
-    view = Table(show_lines=False)
-    for name in table.column_names:
-        view.add_column(Text(name), no_wrap=True)
-    for row in table.slice(0, max_rows).to_pylist():
-        view.add_row(*(_cell(v) for v in row.values()))
-    console.print(view)
-    console.file.flush()
-    shown = min(table.num_rows, max_rows)
-    note = f"{table.num_rows} row(s)" + (f", first {shown} shown" if shown < table.num_rows else "")
+    view: Table | None = None
+    total = 0
+    for batch in batches:
+        if view is None:
+            view = Table(show_lines=False)
+            for name in batch.schema.names:
+                view.add_column(Text(name), no_wrap=True)
+        room = max(0, max_rows - total)
+        for row in batch.slice(0, room).to_pylist():
+            view.add_row(*(_cell(v) for v in row.values()))
+        total += batch.num_rows
+    if view is not None:
+        console.print(view)
+        console.file.flush()
+    shown = min(total, max_rows)
+    note = f"{total} row(s)" + (f", first {shown} shown" if shown < total else "")
     err_console.print(note, style="dim")
 
 
