@@ -242,6 +242,13 @@ def ingest(
     if as_json:
         print_json(result)
         return
+    if result.get("ignored_sheets"):
+        err_console.print(
+            Text(
+                f"note: read sheet '{result['sheet']}' only; not read: "
+                + ", ".join(f"'{name}'" for name in result["ignored_sheets"])
+            )
+        )
     seqs = f" (seq {result['first_seq']}..{result['last_seq']})" if result["changes"] else ""
     click.echo(
         f"{result['entity']}: {result['rows_read']} rows read from {result['file']}: "

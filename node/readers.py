@@ -61,8 +61,9 @@ class SourceFile:
     path: Path
     format: str
     table: pa.Table
-    # xlsx: the worksheet that was read (always the first one).
+    # xlsx: the worksheet that was read (always the first one), and the ones that were not.
     sheet: str | None = None
+    other_sheets: tuple[str, ...] = ()
     # Line (text files) or sheet row (xlsx) of record 0, when records sit on consecutive lines.
     first_position: int | None = None
     # Line or sheet row of every record, when skipped blank lines break the consecutive run.
@@ -585,7 +586,7 @@ def _tidy_time_text(text: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _read_xlsx(path: Path) -> SourceFile:
     """Read the first worksheet: first non-empty row is the header, empty rows are skipped."""
-    sheet, rows = _xlsx_rows(path)
+    sheet, rows, others = _xlsx_rows(path)
     if not rows:
         raise InputFileError(f"{path}: sheet '{sheet}' is empty (no header row)")
     (header_row, header), *body = rows
@@ -599,11 +600,20 @@ def _read_xlsx(path: Path) -> SourceFile:
             column.append(row[i] if i < len(row) else None)
     first, positions = _positions([row_number for row_number, _ in body])
     table = pa.table([pa.array(c, type=pa.string()) for c in columns], names=names)
-    return SourceFile(path, "xlsx", table, sheet=sheet, first_position=first, positions=positions)
+    return SourceFile(
+        path,
+        "xlsx",
+        table,
+        sheet=sheet,
+        other_sheets=others,
+        first_position=first,
+        positions=positions,
+    )
 
 
-def _xlsx_rows(path: Path) -> tuple[str, list[tuple[int, list[str | None]]]]:
-    """Return the first sheet's name and its non-empty rows as text, with real row numbers."""
+def _xlsx_rows(path: Path) -> tuple[str, list[tuple[int, list[str | None]]], tuple[str, ...]]:
+    """The first sheet's name, its non-empty rows as text with real row numbers, and the
+    names of the sheets not read."""
     try:
         with path.open("rb") as handle:  # a handle, so openpyxl does not insist on the extension
             workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
@@ -618,7 +628,8 @@ def _xlsx_rows(path: Path) -> tuple[str, list[tuple[int, list[str | None]]]]:
                     cells = [_cell_text(v) for v in values]
                     if any(c is not None for c in cells):
                         rows.append((number, cells))
-                return str(sheet.title), rows
+                others = tuple(str(ws.title) for ws in workbook.worksheets[1:])
+                return str(sheet.title), rows, others
             finally:
                 workbook.close()
     except InputFileError:

@@ -104,7 +104,12 @@ class NodeService:
             allow_empty=options.allow_empty,
             progress=progress,
         )
-        return asdict(result) | {"changes": result.changes, "node": self.config.code}
+        return asdict(result) | {
+            "changes": result.changes,
+            "node": self.config.code,
+            "sheet": source.sheet,
+            "ignored_sheets": list(source.other_sheets),
+        }
 
     def query(self, sql: str) -> pa.Table:
         return self.store.query(sql)

@@ -552,3 +552,19 @@ def test_large_csv_row_count(tmp_path: Path) -> None:
     assert source.table.column("身份证号")[n - 1].as_py() == f"3201021990{n - 1:08d}"
     assert source.table.column("区划代码")[0].as_py() == "000000"
     assert source.locate(n - 1) == f"row {n} (line {n + 1})"
+
+
+def test_xlsx_names_the_sheet_it_read_and_the_ones_it_did_not(tmp_path: Path) -> None:
+    book = openpyxl.Workbook()
+    first = book.active
+    assert first is not None
+    first.title = "人员"
+    first.append(["id_number", "name"])
+    first.append(["320102199001011234", "张三"])
+    second = book.create_sheet("说明")
+    second.append(["this sheet explains the columns"])
+    path = tmp_path / "two.xlsx"
+    book.save(path)
+    source = read_source_file(path)
+    assert source.sheet == "人员" and source.other_sheets == ("说明",)
+    assert source.table.num_rows == 1
