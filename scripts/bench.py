@@ -11,6 +11,7 @@ Run through `scripts/bench` (which installs what it needs); `--quick` for a smok
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -58,6 +59,17 @@ def tongyuan(directory: Path, *args: str) -> None:
     )
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A benchmark that fails half-way must not leave nodes running."""
+    for process in _STARTED:
+        if process.poll() is None:
+            process.kill()
+
+
 class BenchNode:
     def __init__(self, directory: Path, code: str, **sync: object) -> None:
         self.directory = directory
@@ -80,6 +92,7 @@ class BenchNode:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+        _STARTED.append(self.process)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
