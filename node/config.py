@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -84,11 +85,19 @@ def resolve_directory(option: str | None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$")
+
+
 def validate_address(address: str, where: str) -> str:
-    """HOST:PORT with a numeric port; raises a UserError naming `where`."""
+    """HOST:PORT with a numeric port (IPv6 in brackets); raises a UserError naming `where`."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise UserError(f"{where}: address {address!r} is not HOST:PORT")
+    if not _HOST.match(host):
+        raise UserError(
+            f"{where}: address {address!r} has an invalid host {host!r} "
+            "(write an IPv6 address in brackets, e.g. [::1]:7400)"
+        )
     return address
 
 

@@ -194,6 +194,9 @@ def test_init_validates_the_division_code_and_refuses_to_overwrite(
     assert not (tmp_path / "x" / "tongyuan.toml").exists()
     short = run_cli(tmp_path / "y", "init", "--code", "3201", check=False)
     assert short.returncode != 0 and "3201" in short.stderr
+    ipv6 = run_cli(tmp_path / "z", "init", "--code", "320102", "--listen", "::1:7400", check=False)
+    assert ipv6.returncode == 1 and "[::1]:7400" in ipv6.stderr
+    assert not (tmp_path / "z" / "tongyuan.toml").exists()
     city = cluster.node("320100", "city")
     assert city.status()["tier"] == "city"
     again = city.cli("init", "--code", "320100", check=False)
