@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from node._gen.tongyuan.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
+from node._gen.tongyuan.v1 import admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 from node.admin import (
     AdminEndpoint,
     AdminServicer,
@@ -37,7 +37,6 @@ from node.wire import GRPC_MESSAGE_OPTIONS
 log = logging.getLogger(__name__)
 
 FEDERATION_SERVICE = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
-ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 class NodeServer:

@@ -41,7 +41,6 @@ from node.errors import NodeUnavailable
 from node.wire import GRPC_MESSAGE_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
-PERSON_COLUMNS = "id_number, name, sex, birth_date, phone, address, division_code"
 
 
 def free_port() -> int:

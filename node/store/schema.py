@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import duckdb
 
-from node.entities import Entity
+from node.entities import LINEAGE_COLUMNS, Entity
 from node.errors import ConfigError
 
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -80,9 +80,12 @@ def stored_columns(entity: Entity) -> str:
     """Every column of an entity table by name: INSERTs name them, since columns a config
     added later sit after the lineage columns."""
     names = [quote(c) for c in entity.column_names]
-    names += ["_deleted", "origin_node", "origin_seq", "origin_dept", "origin_batch"]
-    names += ["origin_time", "_seq", "_via", "_applied_at"]
+    names += ["_deleted", *LINEAGE_COLUMNS, "_seq", "_via", "_applied_at"]
     return ", ".join(names)
+
+
+# What travels with each change besides its attributes: the delete flag and its origin.
+WIRE_LINEAGE = ", ".join(("_deleted", *LINEAGE_COLUMNS))
 
 
 def apply_migrations(cur: duckdb.DuckDBPyConnection) -> list[str]:

@@ -24,6 +24,7 @@ from node.entities import Column, Entity
 from node.errors import InputFileError, UserError
 from node.store.database import Database
 from node.store.schema import (
+    WIRE_LINEAGE,
     apply_migrations,
     ensure_entity_tables,
     entity_table,
@@ -297,10 +298,8 @@ class Store:
         key = quote(entity.key)
         batch_id = uuid.uuid4().hex[:16]
         now = _now()
-        published: list[tuple[int, list[str]]] = []
-        with self.db.write(
-            arrow={"ingest_source": src}, on_commit=lambda: self._publish(*published[0])
-        ) as cur:
+        publication = _Publication(self._publish)
+        with self.db.write(arrow={"ingest_source": src}, on_commit=publication.fire) as cur:
             report("validating", 0, rows)
             self._stage(cur, entity, source.column_names)
             self._validate_stage(cur, entity, source, file_label, locate)
@@ -370,7 +369,7 @@ class Store:
             report("applying", changes, changes)
             for temp in ("ingest_stage", "ingest_delta", "ingest_gone"):
                 cur.execute(f"DROP TABLE {temp}")
-            published.append((head, [entity.name] if changes else []))
+            publication.set(head, [entity.name] if changes else [])
         return result
 
     @staticmethod
@@ -532,8 +531,7 @@ class Store:
                         continue
                     cols = ", ".join(quote(c) for c in entity.column_names)
                     table = cur.sql(
-                        f"SELECT {cols}, _deleted, origin_node, origin_seq, origin_dept, "
-                        f"origin_batch, origin_time FROM {entity_table(entity)} "
+                        f"SELECT {cols}, {WIRE_LINEAGE} FROM {entity_table(entity)} "
                         f"WHERE _seq > {int(after_seq)} AND _seq <= {int(last)}"
                     ).to_arrow_table()
                     if table.num_rows:
@@ -686,14 +684,9 @@ class Store:
                 table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
                 ordinal = np.arange(1, table.num_rows + 1, dtype=np.int64)
                 incoming[name] = table.append_column("_ord", pa.array(ordinal))
-        published: list[tuple[int, list[str]]] = []
-
-        def publish() -> None:
-            if published:
-                self._publish(*published[0])
-
+        publication = _Publication(self._publish)
         with self.db.write(
-            arrow={f"incoming_{n}": t for n, t in incoming.items()}, on_commit=publish
+            arrow={f"incoming_{n}": t for n, t in incoming.items()}, on_commit=publication.fire
         ) as cur:
             row = cur.execute(
                 "SELECT (SELECT seq FROM tongyuan.head), "
@@ -747,7 +740,7 @@ class Store:
                     child_code,
                 ],
             )
-            published.append((head, changed))
+            publication.set(head, changed)
         return ApplyResult(last.last_seq, received, applied, redelivered=False)
 
     @staticmethod
@@ -772,7 +765,7 @@ class Store:
         table = entity_table(entity)
         key = quote(entity.key)
         cols = ", ".join(quote(c) for c in entity.column_names)
-        lineage = "_deleted, origin_node, origin_seq, origin_dept, origin_batch, origin_time"
+        lineage = WIRE_LINEAGE
         source = f"incoming_{entity.name}"
         identities = incoming.select(["origin_node", entity.key]).group_by(
             ["origin_node", entity.key]
@@ -864,13 +857,28 @@ class Store:
                     reader = cur.sql(sql).to_arrow_reader(batch_rows)
                 except duckdb.Error as exc:
                     raise UserError(f"query: {exc}") from None
-                yield from _batches(reader, sql)
+                yield from _batches(reader)
             finally:
                 if not self.db.read_only:
                     cur.execute("ROLLBACK")
 
 
-def _batches(reader: pa.RecordBatchReader, sql: str) -> Iterator[pa.RecordBatch]:
+class _Publication:
+    """What a write transaction will publish once it has committed (see Database.write)."""
+
+    def __init__(self, publish: Callable[[int, Iterable[str]], None]) -> None:
+        self._publish = publish
+        self._pending: tuple[int, list[str]] | None = None
+
+    def set(self, head: int, entities: list[str]) -> None:
+        self._pending = (head, entities)
+
+    def fire(self) -> None:
+        if self._pending is not None:
+            self._publish(*self._pending)
+
+
+def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
     """The reader's batches (at least one, so the schema travels), errors as UserError."""
     sent = False
     try:
