@@ -212,7 +212,6 @@ class AdminServicer(pb_grpc.AdminServicer):
             try:
                 options = IngestOptions(
                     snapshot=request.snapshot,
-                    department=request.department or None,
                     file_format=request.format or None,
                     allow_empty=request.allow_empty,
                 )
@@ -280,6 +279,19 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.ChildrenReply:
         return self._children(self._service.list_children, context)
 
+    def Call(self, request: pb.CallRequest, context: grpc.ServicerContext) -> pb.CallReply:
+        try:
+            args = json.loads(request.args_json or "{}")
+            if not isinstance(args, dict):
+                raise UserError(f"{request.method}: arguments must be a JSON object")
+            return pb.CallReply(result_json=to_json(self._service.call(request.method, args)))
+        except json.JSONDecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.method}: {exc}")
+            raise
+        except UserError as exc:
+            _abort_user_error(context, exc)
+            raise
+
 
 # ----- client side --------------------------------------------------------------------
 
@@ -324,7 +336,6 @@ class RemoteNode:
             resource=resource,
             path=str(path.resolve()),
             snapshot=options.snapshot,
-            department=options.department or "",
             format=options.file_format or "",
             allow_empty=options.allow_empty,
         )
@@ -375,6 +386,11 @@ class RemoteNode:
                 pb.ListChildrenRequest(), metadata=self._metadata, timeout=30
             )
         )
+
+    def call(self, method: str, args: dict[str, Any]) -> Any:
+        request = pb.CallRequest(method=method, args_json=to_json(args))
+        reply = self._call(lambda: self._stub.Call(request, metadata=self._metadata, timeout=60))
+        return json.loads(reply.result_json)
 
     def close(self) -> None:
         self._channel.close()

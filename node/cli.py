@@ -3,20 +3,16 @@ a user's mistake becomes one line on stderr and a non-zero exit, never a traceba
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from node import __version__
-from node.client import NodeAPI, open_node
+from node.cli_support import node_handle, user_errors
 from node.config import (
     CONFIG_FILE,
     STORE_FILE,
@@ -26,41 +22,9 @@ from node.config import (
     validate_address,
 )
 from node.divisions import lookup_division, tier_of
-from node.entities import BASE_ENTITIES
 from node.errors import UserError
 from node.output import err_console, print_batches, print_children, print_json, print_status
 from node.service import IngestOptions
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn UserError into `error: …` on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            err_console.print(
-                Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True
-            )
-            sys.exit(1)
-        except KeyboardInterrupt:
-            # Every write is one transaction: an interrupted command changed nothing.
-            err_console.print("interrupted; nothing was changed", highlight=False)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-@contextmanager
-def node_handle(ctx: click.Context, *, write: bool) -> Iterator[NodeAPI]:
-    node = open_node(ctx.obj["dir"], write=write)
-    try:
-        yield node
-    finally:
-        node.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,8 +86,9 @@ def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
         raise
     click.echo(
         f"initialised {config.tier.value} node {code} ({display}) in {directory}\n"
-        f"  resources: {', '.join(e.name for e in BASE_ENTITIES)}\n"
-        f"  next: tongyuan --dir {directory} serve"
+        f"  entities: {', '.join(config.entities)}\n"
+        f"  next: tongyuan --dir {directory} serve, and register each department's resources "
+        "with `tongyuan catalog add`"
     )
 
 
@@ -191,10 +156,12 @@ def children_remove(ctx: click.Context, code: str) -> None:
 @click.option(
     "--snapshot",
     is_flag=True,
-    help="The file is the department's complete set: its records missing from it are deleted.",
+    help=(
+        "The file is the complete set of the resource's department: its records missing "
+        "from it are deleted."
+    ),
 )
 @click.option("--allow-empty", is_flag=True, help="With --snapshot: accept a file without rows.")
-@click.option("--department", help="Provider department (default: [node] department).")
 @click.option(
     "--format",
     "file_format",
@@ -209,7 +176,6 @@ def ingest(
     resource: str,
     file: Path,
     snapshot: bool,
-    department: str | None,
     file_format: str | None,
     allow_empty: bool,
     as_json: bool,
@@ -234,7 +200,6 @@ def ingest(
 
         options = IngestOptions(
             snapshot=snapshot,
-            department=department,
             file_format=file_format,
             allow_empty=allow_empty,
         )
@@ -251,7 +216,8 @@ def ingest(
         )
     seqs = f" (seq {result['first_seq']}..{result['last_seq']})" if result["changes"] else ""
     click.echo(
-        f"{result['entity']}: {result['rows_read']} rows read from {result['file']}: "
+        f"{result['resource']} ({result['entity']}): {result['rows_read']} rows read from "
+        f"{result['file']}: "
         f"{result['inserted']} inserted, {result['updated']} updated, {result['deleted']} deleted, "
         f"{result['unchanged']} unchanged{seqs}"
     )
@@ -280,6 +246,11 @@ def query(ctx: click.Context, sql: str, as_json: bool) -> None:
     """Run read-only SQL on the local store (tables: person, legal_entity, …)."""
     with node_handle(ctx, write=False) as node:
         print_batches(node.query_batches(sql), as_json=as_json)
+
+
+from node.catalog.commands import catalog  # noqa: E402 - registers after the group exists
+
+cli.add_command(catalog)
 
 
 def main() -> None:

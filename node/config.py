@@ -16,6 +16,7 @@ from typing import Any
 
 import tomlkit
 
+from node.catalog.entries import SHARING_KINDS, CatalogSettings, SharingAttribute
 from node.divisions import Tier, lookup_division, tier_of
 from node.entities import Entity, entity_catalog, entity_from_config
 from node.errors import ConfigError, UserError
@@ -65,6 +66,7 @@ class NodeConfig:
     sync: SyncSettings = field(default_factory=SyncSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     entities: dict[str, Entity] = field(default_factory=dict)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
 
     @property
     def config_path(self) -> Path:
@@ -179,7 +181,46 @@ def load_config(directory: Path) -> NodeConfig:
         sync=_settings(SyncSettings, _section(doc, "sync", path), path, "sync"),
         store=_settings(StoreSettings, _section(doc, "store", path), path, "store"),
         entities=entity_catalog(extra),
+        catalog=_catalog_settings(_section(doc, "catalog", path), path),
     )
+
+
+def _catalog_settings(section: dict[str, Any], path: Path) -> CatalogSettings:
+    """`[catalog]`: the province's names for sharing attributes and sensitivity grades."""
+    default = CatalogSettings()
+    unknown = sorted(set(section) - {"sharing", "sensitivity_grades"})
+    if unknown:
+        raise ConfigError(f"{path}: [catalog] has unknown setting(s) {', '.join(unknown)}")
+    sharing = default.sharing
+    if "sharing" in section:
+        raw = section["sharing"]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{path}: [catalog] sharing must be a list of {{id, label, kind}}")
+        parsed = []
+        for i, spec in enumerate(raw, start=1):
+            where = f"{path}: [catalog] sharing #{i}"
+            if not isinstance(spec, dict) or set(spec) != {"id", "label", "kind"}:
+                raise ConfigError(f"{where}: give exactly id, label and kind")
+            if spec["kind"] not in SHARING_KINDS:
+                raise ConfigError(
+                    f"{where}: kind {spec['kind']!r} is not one of {', '.join(SHARING_KINDS)}"
+                )
+            parsed.append(SharingAttribute(str(spec["id"]), str(spec["label"]), spec["kind"]))
+        ids = [s.id for s in parsed]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{path}: [catalog] sharing lists an id twice")
+        sharing = tuple(parsed)
+    grades = default.sensitivity_grades
+    if "sensitivity_grades" in section:
+        raw_grades = section["sensitivity_grades"]
+        if (
+            not isinstance(raw_grades, list)
+            or not raw_grades
+            or not all(isinstance(g, str) and g for g in raw_grades)
+        ):
+            raise ConfigError(f"{path}: [catalog] sensitivity_grades must be a list of names")
+        grades = tuple(raw_grades)
+    return CatalogSettings(sharing=sharing, sensitivity_grades=grades)
 
 
 def render_initial_config(code: str, name: str, listen: str) -> str:
@@ -194,7 +235,7 @@ def render_initial_config(code: str, name: str, listen: str) -> str:
 code = {code_s}           # GB/T 2260 division code; decides the tier ({tier})
 name = {name_s}
 listen = {listen_s}   # federation address the parent pulls from
-department = "unspecified"   # default provider department for `ingest`
+department = "unspecified"   # default department of `catalog add` entries given by flags
 
 [sync]
 subscribe = true              # keep a stream open to each child (changes arrive in ms)
@@ -209,6 +250,15 @@ compact_interval_seconds = 300.0
 parent_ack_timeout_days = 30.0    # a parent silent this long no longer holds back compaction
 tombstone_min_age_hours = 24.0    # deletes are kept at least this long before compaction
 memory_limit = "1GB"
+
+[catalog]
+# Sharing attributes as this province names them; kind: unconditional, conditional or none.
+sharing = [
+  {{ id = "unconditional", label = "无条件共享", kind = "unconditional" }},
+  {{ id = "conditional", label = "有条件共享", kind = "conditional" }},
+  {{ id = "not_shared", label = "不予共享", kind = "none" }},
+]
+sensitivity_grades = ["general", "important", "core"]   # lowest first
 
 # Children this node pulls from (city and province nodes):
 # [[children]]

@@ -35,6 +35,8 @@ LINEAGE_COLUMNS: tuple[str, ...] = (
 )
 RESERVED_PREFIXES = ("origin_", "_")
 RESERVED_NAMES = frozenset({"applied_at", "seq"})
+# Tables the node keeps in its change log for itself (catalogue, node tree).
+INTERNAL_NAMES = frozenset({"catalog", "federation_nodes"})
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -168,6 +170,11 @@ def entity_catalog(extra: Iterable[Entity]) -> dict[str, Entity]:
     """The base entities plus configured ones, by name; a name may not be declared twice."""
     result = {e.name: e for e in BASE_ENTITIES}
     for entity in extra:
+        if entity.name in INTERNAL_NAMES:
+            raise ConfigError(
+                f"entity name {entity.name!r} is reserved for the node's own tables; "
+                "choose another name"
+            )
         if entity.name in result:
             raise ConfigError(
                 f"entity {entity.name!r} is declared twice (or shadows a base entity)"

@@ -107,8 +107,38 @@ def print_status(status: dict[str, Any]) -> None:
         by_link = ", ".join(f"{k}: {v}" for k, v in info["by_link"].items())
         rows.add_row(Text(name), Text(str(info["rows"])), Text(by_link))
     console.print(rows)
+    _print_catalog_summary(status.get("catalog"))
     if status["children"]:
         print_children(status["children"])
+
+
+def _print_catalog_summary(summary: dict[str, Any] | None) -> None:
+    """Catalogue line of `status`: own entries, freshness here and per node below."""
+    if not summary:
+        return
+    own, fresh = summary["own"], summary["freshness"]
+    console.print(
+        f"catalogue: {own['published']} published, {own['draft']} draft, "
+        f"{own['retired']} retired here; {summary['standard_items']} standard items known",
+        highlight=False,
+    )
+    console.print(
+        f"freshness (this node and below): {fresh['fresh']} fresh, {fresh['late']} late, "
+        f"{fresh['stale']} stale",
+        highlight=False,
+    )
+    for item in summary["not_fresh"]:
+        console.print(
+            Text(f"  {item['freshness']}: {item['code']} {item['name']}", style="yellow"),
+            highlight=False,
+        )
+    if len(summary["by_node"]) > 1:
+        view = Table(title="freshness by node")
+        for column in ("node", "name", "fresh", "late", "stale"):
+            view.add_column(column)
+        for node in summary["by_node"]:
+            view.add_row(*(Text(str(node[k])) for k in ("code", "name", "fresh", "late", "stale")))
+        console.print(view)
 
 
 def print_children(children: list[dict[str, Any]]) -> None:

@@ -149,6 +149,8 @@ class NodeServer:
         )
         self.links.on_change(self._schedule_child)
         self.scheduler.start()
+        # Children configured before the node tree existed (or edited in the file) join it.
+        self.service.record_children()
         self.links.start(self.config.children)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(

@@ -7,6 +7,7 @@ by intent and to the link manager when there is one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from node.catalog.operations import CatalogService
 from node.config import Child, NodeConfig, delete_child, save_child, validate_address
 from node.divisions import Tier, is_within, lookup_division
 from node.errors import ConfigError, UserError
@@ -30,7 +32,6 @@ class IngestOptions:
     """How to import a file: the CLI's flags, carried unchanged to a serving node."""
 
     snapshot: bool = False
-    department: str | None = None
     file_format: str | None = None
     allow_empty: bool = False
 
@@ -70,12 +71,82 @@ class NodeService:
         self.links = links
         self.listen = listen
         self._children: dict[str, Child] = {c.code: c for c in config.children}
+        self.catalog = CatalogService(config, store)
+        # Operations reached by name through `call` (the admin API's generic method).
+        self._operations: dict[str, Callable[..., Any]] = {
+            "catalog.add": self.catalog.add,
+            "catalog.edit": self.catalog.edit,
+            "catalog.publish": self.catalog.publish,
+            "catalog.retire": self.catalog.retire,
+            "catalog.remove": self.catalog.remove,
+            "catalog.map": self.catalog.map_standard,
+            "catalog.import": self.catalog.import_drafts,
+            "catalog.show": self.catalog.show,
+            "catalog.list": self.catalog.list_entries,
+            "catalog.search": self.catalog.search,
+            "catalog.export": self.catalog.export,
+            "catalog.coverage": self.catalog.coverage,
+            "catalog.standard_add": self.catalog.standard_add,
+            "catalog.standard_withdraw": self.catalog.standard_withdraw,
+            "catalog.standard_list": self.catalog.standard_list,
+        }
 
     @property
     def serving(self) -> bool:
         return self.links is not None
 
     # ----- ingest and query -------------------------------------------------------
+
+    def call(self, method: str, args: dict[str, Any]) -> Any:
+        """Run a named operation with keyword arguments (JSON-able in and out)."""
+        operation = self._operations.get(method)
+        if operation is None:
+            raise UserError(f"node {self.config.code} has no operation {method!r}")
+        try:
+            inspect.signature(operation).bind(**args)
+        except TypeError as exc:  # a client that does not match this node's version
+            raise UserError(f"{method}: {exc}") from None
+        return operation(**args)
+
+    def _importable(self, resource: str) -> tuple[Any, list[str], str]:
+        """The published resource an import goes into: (entity, fields, department)."""
+        catalog = self.store.catalog
+        entry = catalog.own_entry(resource)
+        if entry is None:
+            draft = catalog.draft(resource)
+            if draft is not None:
+                raise UserError(
+                    f"resource {resource} ({draft.name}) is a draft: publish it first with "
+                    f"`tongyuan catalog publish {resource}`; only published resources accept "
+                    "imports"
+                )
+            published = [
+                f"{d['code']} ({d['name']})"
+                for d in catalog.entries(self.config.code)
+                if d["status"] == "published"
+            ]
+            known = ", ".join(published) or "none yet; register one with `tongyuan catalog add`"
+            if resource in self.config.entities:
+                raise UserError(
+                    f"{resource!r} is an entity, not a resource: import into one of the "
+                    f"published resources of node {self.config.code} ({known})"
+                )
+            raise UserError(
+                f"unknown resource {resource!r} on node {self.config.code}; published "
+                f"resources: {known}"
+            )
+        if entry.status == "retired":
+            raise UserError(
+                f"resource {resource} ({entry.name}) is retired (by {entry.updated_by} at "
+                f"{entry.updated_at:%Y-%m-%d %H:%M}): it keeps its history but accepts no new data"
+            )
+        entity = self.store.entities.get(entry.entity)
+        if entity is None:
+            raise UserError(
+                f"resource {resource} carries entity {entry.entity!r}, which this node's model "
+                "no longer has"
+            )
+        return entity, [f.name for f in entry.fields], entry.department
 
     def ingest(
         self,
@@ -84,12 +155,7 @@ class NodeService:
         options: IngestOptions = DEFAULT_INGEST,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
-        entity = self.config.entities.get(resource)
-        if entity is None:
-            known = ", ".join(sorted(self.config.entities))
-            raise UserError(
-                f"unknown resource {resource!r} on node {self.config.code}; known: {known}"
-            )
+        entity, fields, department = self._importable(resource)
         if progress:
             progress("reading", 0, 0)
         source = read_source_file(path, options.file_format)
@@ -99,12 +165,16 @@ class NodeService:
             file_label=str(path.name),
             locate=source.locate,
             origin_node=self.config.code,
-            department=options.department or self.config.department,
+            department=department,
             snapshot=options.snapshot,
             allow_empty=options.allow_empty,
             progress=progress,
+            resource=resource,
+            columns=fields,
         )
         return asdict(result) | {
+            "resource": resource,
+            "department": department,
             "changes": result.changes,
             "node": self.config.code,
             "sheet": source.sheet,
@@ -142,6 +212,7 @@ class NodeService:
         save_child(self.config.directory, child)
         self._children[code] = child
         self.store.ensure_link(code)
+        self.record_children()
         if self.links is not None:
             self.links.add(child)
         return self.list_children()
@@ -152,9 +223,16 @@ class NodeService:
             raise UserError(f"{code} is not a child of node {self.config.code}")
         delete_child(self.config.directory, code)
         del self._children[code]
+        self.store.catalog.forget_child(code)
         if self.links is not None:
             self.links.remove(code)
         return self.list_children()
+
+    def record_children(self) -> None:
+        """Put this node's children in the node tree that travels upward."""
+        self.store.catalog.record_children(
+            (c, lookup_division(c).name, lookup_division(c).tier.value) for c in self._children
+        )
 
     def list_children(self) -> list[dict[str, Any]]:
         records = {lk.child_code: lk for lk in self.store.links()}
@@ -221,6 +299,7 @@ class NodeService:
             "children": self.list_children(),
             "entities": counts,
             "rows": {name: c["rows"] for name, c in counts.items()},
+            "catalog": self.catalog.summary(),
             "recent_ingests": [
                 {**i, "finished_at": _iso(i["finished_at"])} for i in self.store.last_ingests()
             ],

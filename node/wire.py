@@ -10,8 +10,11 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from node._gen.tongyuan.v1 import federation_pb2 as pb
+from node.catalog.standards import StandardItem
+from node.divisions import Tier, tier_of
 from node.entities import Entity
 from node.errors import UserError
 from node.store import ChangeWindow, IncomingBatch
@@ -69,7 +72,9 @@ def decode_batch(message: pb.ChangeBatch, entities: dict[str, Entity], child: st
             raise BatchRejected(
                 f"{where}, entity {part.entity}: not valid Arrow IPC ({exc})"
             ) from None
-        tables[entity.name] = _fit(table, entity, where)
+        fitted = _fit(table, entity, where)
+        _check_ownership(fitted, entity, child, f"{where}, entity {entity.name}")
+        tables[entity.name] = fitted
     return IncomingBatch(
         after_seq=message.after_seq,
         last_seq=message.last_seq,
@@ -113,3 +118,64 @@ def _fit(table: pa.Table, entity: Entity, where: str) -> pa.Table:
                 f"{where}, entity {entity.name}, column {field.name}: {exc}"
             ) from None
     return pa.Table.from_arrays(columns, schema=expected)
+
+
+def _division_prefix(code: str) -> str:
+    """The code prefix every division inside `code` shares (32, 3201 or the county)."""
+    tier = tier_of(code)
+    return code[:2] if tier is Tier.PROVINCE else code[:4] if tier is Tier.CITY else code
+
+
+def _check_ownership(table: pa.Table, entity: Entity, child: str, where: str) -> None:
+    """A child speaks only for its own subtree: every change must originate inside it,
+    a catalogue entry must carry its origin's code prefix, and a node-tree record must
+    come from the new node's parent."""
+    origins = table.column("origin_node")
+    inside = pc.starts_with(origins, _division_prefix(child))
+    if not pc.all(inside).as_py():
+        stranger = pc.filter(origins, pc.invert(inside))[0].as_py()
+        raise BatchRejected(
+            f"{where}: changes claim origin node {stranger}, which is not inside child "
+            f"{child}; a child may only send its own subtree's records"
+        )
+    if entity.name == "catalog":
+        for code, origin in zip(table.column("code").to_pylist(), origins.to_pylist(), strict=True):
+            if not code.startswith(origin + "-"):
+                raise BatchRejected(
+                    f"{where}: resource {code} arrived as node {origin}'s, but {origin} does "
+                    f"not own it (its resource codes start with {origin}-); fix the entry at "
+                    "the node that owns the code"
+                )
+    elif entity.name == "federation_nodes":
+        for code, origin in zip(table.column("code").to_pylist(), origins.to_pylist(), strict=True):
+            if code == origin or not code.startswith(_division_prefix(origin)):
+                raise BatchRejected(
+                    f"{where}: node {origin} reports {code} as its child, but {code} is not "
+                    f"inside {origin}"
+                )
+
+
+def standard_to_message(item: StandardItem) -> pb.StandardItem:
+    return pb.StandardItem(
+        code=item.code,
+        name=item.name,
+        summary=item.summary,
+        entity=item.entity,
+        fields=list(item.fields),
+        update_frequency=item.update_frequency,
+        origin_node=item.origin_node,
+        version=item.version,
+    )
+
+
+def standard_from_message(message: pb.StandardItem) -> StandardItem:
+    return StandardItem(
+        code=message.code,
+        name=message.name,
+        summary=message.summary,
+        entity=message.entity,
+        fields=tuple(message.fields),
+        update_frequency=message.update_frequency,
+        origin_node=message.origin_node,
+        version=message.version,
+    )

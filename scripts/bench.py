@@ -75,6 +75,13 @@ class BenchNode:
         self.code = code
         self.address = f"127.0.0.1:{free_port()}"
         tongyuan(directory, "init", "--code", code, "--listen", self.address)
+        # The published resource every import goes into.
+        self.people = f"{code}-GA-001"
+        tongyuan(
+            directory, "catalog", "add", "--code", self.people, "--name", "户籍人口信息",
+            "--summary", "benchmark people", "--department", "公安局", "--entity", "person",
+            "--frequency", "daily", "--sharing", "unconditional", "--publish",
+        )  # fmt: skip
         if sync:
             config = directory / "tongyuan.toml"
             text = config.read_text(encoding="utf-8")
@@ -258,7 +265,7 @@ def latency(work: Path, changes: int, preload: int) -> list[float]:
         data = work / "lat-people.parquet"
         pq.write_table(people, data)
         county_api, city_api, province_api = county.api(), city.api(), province.api()
-        county_api.ingest("person", data)
+        county_api.ingest(county.people, data)
         city_api.add_child(county.code, county.address)
         province_api.add_child(city.code, city.address)
         head = county_api.status()["head_seq"]
@@ -280,6 +287,8 @@ def latency(work: Path, changes: int, preload: int) -> list[float]:
                 for batch in stream:
                     now = time.perf_counter()
                     for part in batch.entities:
+                        if part.entity != "person":
+                            continue  # the resource's catalogue entry (its last change)
                         with pa.ipc.open_stream(pa.py_buffer(part.arrow_ipc)) as reader:
                             table = reader.read_all()
                         with arrived:
@@ -298,7 +307,7 @@ def latency(work: Path, changes: int, preload: int) -> list[float]:
             row = {**one, "phone": phone}
             path = work / "change.csv"
             pacsv.write_csv(pa.Table.from_pylist([row], schema=people.schema), path)
-            county_api.ingest("person", path)
+            county_api.ingest(county.people, path)
             committed = time.perf_counter()
             with arrived:
                 arrived.wait_for(lambda p=phone: p in seen, timeout=30)  # type: ignore[misc]
@@ -321,7 +330,7 @@ def prepare_county(work: Path, rows: int, name: str) -> tuple[BenchNode, int]:
     county = BenchNode(work / name, "320102")
     data = work / f"{name}.parquet"
     pq.write_table(bench_people(rows, "320102", seed=1), data)
-    tongyuan(county.directory, "ingest", "person", str(data))
+    tongyuan(county.directory, "ingest", county.people, str(data))
     data.unlink()
     county.start()
     api = county.api()

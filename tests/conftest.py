@@ -62,6 +62,7 @@ class Node:
         self.address = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory.parent / f"{directory.name}.log"
+        self._resources: dict[tuple[str, str], str] = {}
 
     def init(self, *extra: str) -> Node:
         run_cli(self.directory, "init", "--code", self.code, "--listen", self.address, *extra)
@@ -163,8 +164,33 @@ class Node:
     def query(self, sql: str) -> list[dict[str, Any]]:
         return list(json.loads(self.cli("query", sql, "--json").stdout))
 
+    def resource(self, entity: str, department: str = "公安局") -> str:
+        """A published catalogue resource carrying every attribute of `entity` for
+        `department`, registered through the CLI on first use; returns its code."""
+        key = (entity, department)
+        if key not in self._resources:
+            code = f"{self.code}-{entity}-{len(self._resources) + 1}"
+            self.cli(
+                "catalog", "add", "--code", code, "--name", f"{department} {entity}",
+                "--summary", f"{entity} records of {department}", "--department", department,
+                "--entity", entity, "--frequency", "daily", "--sharing", "unconditional",
+                "--publish",
+            )  # fmt: skip
+            self._resources[key] = code
+        return self._resources[key]
+
     def ingest(self, resource: str, path: Path, *extra: str) -> dict[str, Any]:
-        return dict(json.loads(self.cli("ingest", resource, str(path), "--json", *extra).stdout))
+        """Import a file. `resource` may be an entity name: the file then goes into that
+        entity's test resource for `--department D` (default 公安局)."""
+        args = list(extra)
+        if "-" not in resource:
+            department = "公安局"
+            if "--department" in args:
+                at = args.index("--department")
+                department = args[at + 1]
+                del args[at : at + 2]
+            resource = self.resource(resource, department)
+        return dict(json.loads(self.cli("ingest", resource, str(path), "--json", *args).stdout))
 
 
 class Cluster:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from node.catalog.entries import CatalogSettings
 from node.config import (
     CONFIG_FILE,
     Child,
@@ -54,6 +55,8 @@ def test_example_loads(example: str, tmp_path: Path) -> None:
         assert is_within(child.code, code), f"{child.code} is not inside {code}"
     assert config.department and config.department != "unspecified"
     assert set(config.entities) == {"person", "legal_entity"}
+    # The examples spell out the national defaults, so they load to exactly those.
+    assert config.catalog == CatalogSettings()
 
 
 @pytest.mark.parametrize("example", sorted(EXPECTED))
@@ -62,7 +65,11 @@ def test_example_sets_every_setting(example: str) -> None:
     text = (EXAMPLES / example).read_text(encoding="utf-8")
     doc = tomllib.loads(text)
     assert set(doc["node"]) == {"code", "name", "listen", "department"}
-    for section, cls in (("sync", SyncSettings), ("store", StoreSettings)):
+    for section, cls in (
+        ("sync", SyncSettings),
+        ("store", StoreSettings),
+        ("catalog", CatalogSettings),
+    ):
         assert set(doc[section]) == {f.name for f in dataclasses.fields(cls)}, section
     lines = text.splitlines()
     for i, line in enumerate(lines):

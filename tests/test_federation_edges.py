@@ -250,7 +250,7 @@ def test_a_batch_that_does_not_fit_is_rejected_and_the_next_good_one_goes_throug
         wait_until(lambda: child_status(city)["state"] == "down", what="the link down")
         assert child_status(city)["checkpoint"] == 0
         assert person_count(city) == 0
-        assert city.fetch_status()["head_seq"] == 0
+        assert city.fetch_status()["head_seq"] == 1  # only the node tree's record of the child
         rejected = [line for line in city.log().splitlines() if what in line]
         assert rejected, f"the parent's log does not mention {what!r}:\n{city.log()}"
         assert f"child {CHILD}" in rejected[-1]

@@ -43,19 +43,22 @@ def county(cluster: Cluster) -> Node:
 
 
 def test_ingest_records_each_effective_change_once(county: Node, tmp_path: Path) -> None:
+    county.resource("person")
+    base = head(county)  # the resource's publication is in the log too
     first = county.ingest("person", write_csv(tmp_path / "people.csv", PEOPLE))
     assert (first["inserted"], first["updated"], first["deleted"]) == (3, 0, 0)
-    assert head(county) == 3
+    # Three records, and the resource's catalogue entry stamped with its last change.
+    assert head(county) == base + 3 + 1
 
     again = county.ingest("person", tmp_path / "people.csv")
     assert again["changes"] == 0 and again["unchanged"] == 3
-    assert head(county) == 3, "re-importing an unchanged file must not produce changes"
+    assert head(county) == base + 4, "re-importing an unchanged file must not produce changes"
 
     changed = [row[:] for row in PEOPLE]
     changed[1][4] = "13900000002"
     update = county.ingest("person", write_csv(tmp_path / "v2.csv", changed))
     assert (update["inserted"], update["updated"], update["deleted"]) == (0, 1, 0)
-    assert head(county) == 4
+    assert head(county) == base + 6
     rows = people(county)
     assert [r["phone"] for r in rows if r["name"] == "李四"] == ["13900000002"]
     assert all(r["origin_node"] == "320102" for r in rows)
@@ -118,7 +121,7 @@ def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_p
     bad_date[1][3] = "1985-13-45"
     _assert_rejected(
         county,
-        ["ingest", "person", str(write_csv(tmp_path / "bad_date.csv", bad_date))],
+        ["ingest", county.resource("person"), str(write_csv(tmp_path / "bad_date.csv", bad_date))],
         "bad_date.csv",
         "row 2",
         "birth_date",
@@ -127,7 +130,7 @@ def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_p
     dup = [*PEOPLE, [PEOPLE[0][0], "张三二", "1", "1990-01-01", "", "", "320102"]]
     _assert_rejected(
         county,
-        ["ingest", "person", str(write_csv(tmp_path / "dup.csv", dup))],
+        ["ingest", county.resource("person"), str(write_csv(tmp_path / "dup.csv", dup))],
         "dup.csv",
         "duplicate key",
         "id_number",
@@ -137,7 +140,7 @@ def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_p
     empty_key = [["", "无名", "1", "1990-01-01", "", "", "320102"]]
     _assert_rejected(
         county,
-        ["ingest", "person", str(write_csv(tmp_path / "nokey.csv", empty_key))],
+        ["ingest", county.resource("person"), str(write_csv(tmp_path / "nokey.csv", empty_key))],
         "nokey.csv",
         "row 1",
         "id_number",
@@ -146,7 +149,7 @@ def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_p
         county,
         [
             "ingest",
-            "person",
+            county.resource("person"),
             str(write_csv(tmp_path / "cols.csv", PEOPLE, [*HEADER[:-1], "county"])),
         ],
         "cols.csv",
@@ -156,11 +159,15 @@ def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_p
     malformed.write_text(
         ",".join(HEADER) + "\n" + ",".join(PEOPLE[0]) + ",extra,fields\n", encoding="utf-8"
     )
-    _assert_rejected(county, ["ingest", "person", str(malformed)], "broken.csv", "line 2")
+    _assert_rejected(
+        county, ["ingest", county.resource("person"), str(malformed)], "broken.csv", "line 2"
+    )
     _assert_rejected(
         county, ["ingest", "vehicles", str(tmp_path / "good.csv")], "unknown resource", "vehicles"
     )
-    _assert_rejected(county, ["ingest", "person", str(tmp_path / "missing.csv")], "missing.csv")
+    _assert_rejected(
+        county, ["ingest", county.resource("person"), str(tmp_path / "missing.csv")], "missing.csv"
+    )
     # The good data is untouched by all of the above.
     assert {r["phone"] for r in people(county)} == {r[4] for r in PEOPLE}
 
@@ -174,7 +181,7 @@ def test_cli_commands_work_against_a_serving_node(county: Node, tmp_path: Path) 
     assert status["code"] == "320102" and status["tier"] == "county"
     assert status["rows"]["person"] == 3
     rows = county.query("SELECT name, origin_node, origin_seq FROM person ORDER BY origin_seq")
-    assert [r["origin_seq"] for r in rows] == [1, 2, 3]
+    assert [r["origin_seq"] for r in rows] == [2, 3, 4]  # 1 published the resource
     refused = county.cli("query", "DELETE FROM person", check=False)
     assert refused.returncode != 0 and "read-only" in refused.stderr
     assert len(people(county)) == 3
@@ -220,7 +227,7 @@ def test_snapshot_covers_only_its_department_and_refuses_an_empty_file(
     empty = write_csv(tmp_path / "empty.csv", [])
     _assert_rejected(
         county,
-        ["ingest", "person", str(empty), "--snapshot", "--department", "公安局"],
+        ["ingest", county.resource("person"), str(empty), "--snapshot"],
         "empty.csv",
         "--allow-empty",
     )
@@ -267,7 +274,11 @@ def test_values_that_would_be_rounded_or_unreadable_are_refused(
     rounded = [*good[:4], "1000.123", *good[5:]]
     _assert_rejected(
         county,
-        ["ingest", "legal_entity", str(write_csv(tmp_path / "cap.csv", [rounded], header))],
+        [
+            "ingest",
+            county.resource("legal_entity"),
+            str(write_csv(tmp_path / "cap.csv", [rounded], header)),
+        ],
         "cap.csv",
         "row 1",
         "registered_capital",
@@ -277,7 +288,11 @@ def test_values_that_would_be_rounded_or_unreadable_are_refused(
     year_zero = [*good[:3], "0000-01-01", *good[4:]]
     _assert_rejected(
         county,
-        ["ingest", "legal_entity", str(write_csv(tmp_path / "y0.csv", [year_zero], header))],
+        [
+            "ingest",
+            county.resource("legal_entity"),
+            str(write_csv(tmp_path / "y0.csv", [year_zero], header)),
+        ],
         "y0.csv",
         "registered_on",
         "0000-01-01",
@@ -288,8 +303,9 @@ def test_values_that_would_be_rounded_or_unreadable_are_refused(
 
 
 def test_a_config_whose_code_no_longer_matches_the_store_is_refused(county: Node) -> None:
+    resource = county.resource("person")
     config = county.directory / "tongyuan.toml"
     config.write_text(config.read_text(encoding="utf-8").replace('"320102"', '"320104"', 1))
-    result = county.cli("ingest", "person", "nowhere.csv", check=False)
+    result = county.cli("ingest", resource, "nowhere.csv", check=False)
     assert result.returncode == 1 and "belongs to node 320102" in result.stderr
     assert "Traceback" not in result.stderr

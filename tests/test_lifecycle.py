@@ -48,6 +48,11 @@ def test_a_config_can_add_an_entity_and_later_a_column(cluster: Cluster, tmp_pat
     )
     config.write_text(config.read_text(encoding="utf-8").replace(VEHICLE, with_color))
     county.start()
+    # The resource carries the new attribute once its next version says so.
+    resource = county.resource("vehicle")
+    fields = "plate,owner_id_number,registered_on,color"
+    county.cli("catalog", "edit", resource, "--fields", fields)
+    county.cli("catalog", "publish", resource)
     city = cluster.node("320100", "city")
     (city.directory / "tongyuan.toml").write_text(
         (city.directory / "tongyuan.toml").read_text(encoding="utf-8") + with_color,

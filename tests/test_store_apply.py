@@ -18,7 +18,7 @@ import pytest
 
 from node.entities import PERSON, Entity, entity_catalog
 from node.store import BatchGap, IncomingBatch, IngestResult, Store
-from node.wire import decode_batch, encode_window
+from node.wire import BatchRejected, decode_batch, encode_window
 
 COUNTY, CITY, PROVINCE = "320102", "320100", "320000"
 COLUMNS = PERSON.column_names
@@ -304,7 +304,12 @@ def test_rows_that_originate_at_the_applying_node_are_ignored(stores: dict[str, 
     ingest(county, [person(1), person(2)])  # seq 1, 2
     # The same identity, claiming the city as origin, comes back up from the child.
     ingest(county, [person(7, phone="13799999999")], origin=CITY)  # seq 3
-    batch = received(county, 0, 100, COUNTY)
+    # The wire refuses it: a child speaks only for its own subtree …
+    with pytest.raises(BatchRejected, match="origin node 320100, which is not inside child"):
+        received(county, 0, 100, COUNTY)
+    # … and the store, given it anyway, still never lets it overwrite the city's own record.
+    window = county.read_window(0, 100)
+    batch = IncomingBatch(window.after_seq, window.last_seq, window.head_seq, window.tables)
     assert batch.rows == 3
 
     result = city.apply_batches(COUNTY, CITY, [batch])

@@ -19,7 +19,7 @@ from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
 from node.config import Child, NodeConfig
 from node.errors import UserError
 from node.store import IncomingBatch, Store
-from node.wire import GRPC_MESSAGE_OPTIONS, BatchRejected, decode_batch
+from node.wire import GRPC_MESSAGE_OPTIONS, BatchRejected, decode_batch, standard_to_message
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class ChildLink:
         self._last_ack = 0.0
         self._last_ack_sent = 0.0
         self._acked = -1
+        # Generation of this node's standard items the child last received (-1: not yet).
+        self._delivered_generation = -1
+        self._next_delivery = 0.0
         self.state = "connecting"
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
@@ -196,6 +199,37 @@ class ChildLink:
                 f"{info.node_id}); its change log restarted, so pulling on would skip or shadow "
                 "its changes — refusing until the link is reset"
             )
+        self._deliver_standards(info.standards_digest)
+
+    def _deliver_standards(self, child_digest: str | None = None) -> None:
+        """Downward on the same link: give the child this node's standard items (its own
+        and those from above) when the child's copy differs. Called at every connection
+        and, while streaming, whenever the items changed here."""
+        catalog = self._store.catalog
+        generation = catalog.standards_generation
+        if child_digest is None and (
+            generation == self._delivered_generation or time.monotonic() < self._next_delivery
+        ):
+            return
+        digest, items = catalog.downward_set()
+        try:
+            if digest != child_digest:
+                self._stub.DeliverStandards(
+                    pb.StandardsDelivery(
+                        parent_code=self._config.code,
+                        digest=digest,
+                        items=[standard_to_message(i) for i in items],
+                    ),
+                    timeout=10,
+                )
+                log.info("child %s: delivered %d standard items", self.child.code, len(items))
+            self._delivered_generation = generation
+        except grpc.RpcError as exc:
+            # Retried at the next connection or after a pause; data keeps flowing.
+            self._next_delivery = time.monotonic() + 30
+            log.warning(
+                "child %s: delivering standard items failed: %s", self.child.code, _describe(exc)
+            )
 
     @staticmethod
     def _receive(call: Any, received: queue.Queue[Any], done: threading.Event) -> None:
@@ -251,9 +285,10 @@ class ChildLink:
             self._apply(group)
 
     def _decode(self, message: pb.ChangeBatch) -> IncomingBatch:
-        return decode_batch(message, self._config.entities, self.child.code)
+        return decode_batch(message, self._store.log_entities, self.child.code)
 
     def _apply(self, group: list[IncomingBatch]) -> None:
+        self._deliver_standards()
         last = group[-1]
         self.child_head = last.head_seq
         self.last_heartbeat = time.time()

@@ -12,11 +12,12 @@ import grpc
 from node import __version__
 from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
+from node.catalog.standards import digest
 from node.config import NodeConfig
-from node.divisions import lookup_division
+from node.divisions import is_within, lookup_division
 from node.errors import UserError
 from node.store import Store
-from node.wire import encode_window
+from node.wire import encode_window, standard_from_message
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             version=__version__,
             node_id=self._node_id,
             compacted_through=self._store.compacted_through(),
+            standards_digest=self._store.catalog.received_digest(request.caller_code),
             entities=[
                 pb.EntitySchema(name=e.name, key=e.key, columns=list(e.column_names))
                 for e in self._config.entities.values()
@@ -138,3 +140,31 @@ class FederationServicer(pb_grpc.FederationServicer):
                     sent_at_us=time.time_ns() // 1000,
                 )
                 last_sent = time.monotonic()
+
+    def DeliverStandards(
+        self, request: pb.StandardsDelivery, context: grpc.ServicerContext
+    ) -> pb.StandardsReceipt:
+        """Take the parent's standard items; a delivery that does not add up is refused."""
+        parent = request.parent_code
+        self._check_parent(parent, context)
+        if parent == self._config.code or not is_within(self._config.code, parent):
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {parent} is not above node {self._config.code}",
+            )
+        items = [standard_from_message(i) for i in request.items]
+        for item in items:
+            # Defined by the parent or a node above it, under its own code prefix.
+            if not is_within(parent, item.origin_node) or not item.code.startswith(
+                item.origin_node + "-"
+            ):
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"standard item {item.code} from {item.origin_node} cannot come from {parent}",
+                )
+        if digest(items) != request.digest:
+            context.abort(grpc.StatusCode.DATA_LOSS, "standard items do not match their digest")
+        if self._store.catalog.received_digest(parent) != request.digest:
+            self._store.catalog.replace_received(parent, items, request.digest)
+        log.info("received %d standard items from parent %s", len(items), parent)
+        return pb.StandardsReceipt(digest=request.digest, items=len(items))

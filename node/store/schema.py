@@ -64,6 +64,44 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         # The child store a link pulls from: a replaced store restarts its sequence.
         ("ALTER TABLE tongyuan.links ADD COLUMN child_node_id VARCHAR",),
     ),
+    (
+        "0003_catalog",
+        (
+            # The resource an import went into (catalogue code).
+            "ALTER TABLE tongyuan.ingest_batches ADD COLUMN resource VARCHAR",
+            # Drafts stay local: only published entries enter the change log.
+            """CREATE TABLE tongyuan.catalog_drafts (
+                code VARCHAR NOT NULL,
+                version BIGINT NOT NULL,
+                doc VARCHAR NOT NULL,
+                updated_by VARCHAR NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL
+            )""",
+            # Who did what to each of this node's entries, and when.
+            """CREATE TABLE tongyuan.catalog_history (
+                code VARCHAR NOT NULL,
+                version BIGINT NOT NULL,
+                action VARCHAR NOT NULL,
+                actor VARCHAR NOT NULL,
+                happened_at TIMESTAMPTZ NOT NULL,
+                note VARCHAR
+            )""",
+            # Standard items: defined here (received_from NULL) or received from a parent.
+            """CREATE TABLE tongyuan.standard_items (
+                code VARCHAR NOT NULL,
+                origin_node VARCHAR NOT NULL,
+                received_from VARCHAR,
+                doc VARCHAR NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL
+            )""",
+            # The digest of the set each parent last delivered, so it resends only changes.
+            """CREATE TABLE tongyuan.received_sets (
+                parent_code VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL,
+                received_at TIMESTAMPTZ NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

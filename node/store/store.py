@@ -20,8 +20,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from node.entities import Column, Entity
+from node.entities import INTERNAL_NAMES, Column, Entity
 from node.errors import InputFileError, UserError
+from node.store.catalog import INTERNAL_ENTITIES, CatalogStore
 from node.store.database import Database
 from node.store.schema import (
     WIRE_LINEAGE,
@@ -151,10 +152,14 @@ class Store:
 
     def __init__(self, db: Database, entities: dict[str, Entity]) -> None:
         self.db = db
-        self.entities = entities
+        # Data entities (what users import and query) …
+        self.entities = {n: e for n, e in entities.items() if n not in INTERNAL_NAMES}
+        # … and everything in the change log, which travels to the parent.
+        self.log_entities = {**self.entities, **{e.name: e for e in INTERNAL_ENTITIES}}
         self._head = self._read_head()
         # Last sequence written per entity, so a window skips entities with no change.
         self._entity_heads = self._read_entity_heads()
+        self.catalog = CatalogStore(self, self.identity().code)
 
     # ----- lifecycle ---------------------------------------------------------------
 
@@ -168,7 +173,7 @@ class Store:
         db = Database(path)
         with db.write() as cur:
             apply_migrations(cur)
-            ensure_entity_tables(cur, list(entities.values()))
+            ensure_entity_tables(cur, [*entities.values(), *INTERNAL_ENTITIES])
             identity = {
                 "code": code,
                 "name": name,
@@ -197,12 +202,18 @@ class Store:
         if not read_only:
             with db.write() as cur:
                 apply_migrations(cur)
-                ensure_entity_tables(cur, list(entities.values()))
+                ensure_entity_tables(cur, [*entities.values(), *INTERNAL_ENTITIES])
         else:
             # A read-only open cannot create tables a config gained since the node last
             # ran; those entities are simply empty until it does.
             with db.read() as cur:
                 present = existing_entity_tables(cur)
+            if not all("rows_" + e.name in present for e in INTERNAL_ENTITIES):
+                db.close()
+                raise UserError(
+                    f"store {path} was written by an older Tongyuan; start the node once "
+                    "(`tongyuan serve`) or run a writing command so it can upgrade the store"
+                )
             entities = {n: e for n, e in entities.items() if "rows_" + n in present}
         return cls(db, entities)
 
@@ -233,7 +244,7 @@ class Store:
     def _read_entity_heads(self) -> dict[str, int]:
         heads = {}
         with self.db.read() as cur:
-            for entity in self.entities.values():
+            for entity in self.log_entities.values():
                 row = cur.execute(f"SELECT max(_seq) FROM {entity_table(entity)}").fetchone()
                 heads[entity.name] = int(row[0]) if row and row[0] is not None else 0
         return heads
@@ -249,12 +260,16 @@ class Store:
                 self.db.head_changed.wait(timeout)
         return self._head
 
-    def _advance_head(self, cur: duckdb.DuckDBPyConnection, count: int) -> tuple[int, int]:
+    def reserve_seqs(self, cur: duckdb.DuckDBPyConnection, count: int) -> tuple[int, int]:
         """Reserve `count` sequence numbers inside the current write; returns (base, new head)."""
         base = int(cur.execute("SELECT seq FROM tongyuan.head").fetchone()[0])  # type: ignore[index]
         if count:
             cur.execute("UPDATE tongyuan.head SET seq = ?", [base + count])
         return base, base + count
+
+    def publication(self) -> _Publication:
+        """What a write transaction will make visible once committed (see `_publish`)."""
+        return _Publication(self._publish)
 
     def _publish(self, head: int, entities: Iterable[str] = ()) -> None:
         """Make a committed head visible to window readers; called in commit order."""
@@ -278,15 +293,20 @@ class Store:
         snapshot: bool,
         allow_empty: bool = False,
         progress: Progress | None = None,
+        resource: str | None = None,
+        columns: Sequence[str] | None = None,
     ) -> IngestResult:
         """Validate a file's rows and apply its effective changes in one transaction.
 
         Rows equal to the stored version produce no change; with `snapshot`, this
         node's records missing from the file become deletes. Any problem raises
-        InputFileError naming file, row and column, and nothing is written.
+        InputFileError naming file, row and column, and nothing is written. With
+        `resource`, an import that changed something also records the change time on
+        the resource's catalogue entry (its freshness), in the same transaction.
         """
         report = progress or (lambda phase, done, total: None)
-        self._check_columns(entity, source, file_label)
+        fields = list(columns or entity.column_names)
+        self._check_columns(source, file_label, fields, resource or entity.name)
         rows = source.num_rows
         if snapshot and rows == 0 and not allow_empty:
             raise InputFileError(
@@ -298,7 +318,7 @@ class Store:
         key = quote(entity.key)
         batch_id = uuid.uuid4().hex[:16]
         now = _now()
-        publication = _Publication(self._publish)
+        publication = self.publication()
         with self.db.write(arrow={"ingest_source": src}, on_commit=publication.fire) as cur:
             report("validating", 0, rows)
             self._stage(cur, entity, source.column_names)
@@ -332,9 +352,12 @@ class Store:
             (deleted,) = cur.execute("SELECT count(*) FROM ingest_gone").fetchone()  # type: ignore[misc]
             changes = int(inserted) + int(updated) + int(deleted)
             report("applying", 0, changes)
-            base, head = self._advance_head(cur, changes)
+            touch = bool(changes and resource)
+            base, head = self.reserve_seqs(cur, changes + touch)
             if changes:
                 self._write_ingest(cur, entity, origin_node, department, batch_id, now, base)
+            if touch:
+                self.catalog.touch_entry(cur, resource, head, now)  # type: ignore[arg-type]
             n_delta = int(inserted) + int(updated)
             result = IngestResult(
                 batch_id=batch_id,
@@ -347,10 +370,12 @@ class Store:
                 deleted=int(deleted),
                 unchanged=rows - n_delta,
                 first_seq=base + 1 if changes else None,
-                last_seq=head if changes else None,
+                last_seq=base + changes if changes else None,
             )
             cur.execute(
-                "INSERT INTO tongyuan.ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tongyuan.ingest_batches (batch_id, entity, file, department, "
+                "snapshot, rows_read, inserted, updated, deleted, first_seq, last_seq, "
+                "finished_at, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     batch_id,
                     entity.name,
@@ -364,28 +389,32 @@ class Store:
                     result.first_seq,
                     result.last_seq,
                     now,
+                    resource,
                 ],
             )
             report("applying", changes, changes)
             for temp in ("ingest_stage", "ingest_delta", "ingest_gone"):
                 cur.execute(f"DROP TABLE {temp}")
-            publication.set(head, [entity.name] if changes else [])
+            changed = [entity.name, "catalog"] if touch else [entity.name]
+            publication.set(head, changed if changes else [])
         return result
 
     @staticmethod
-    def _check_columns(entity: Entity, source: pa.Table, file_label: str) -> None:
+    def _check_columns(
+        source: pa.Table, file_label: str, fields: Sequence[str], label: str
+    ) -> None:
         names = source.column_names
-        unknown = [n for n in names if n not in entity.column_names]
-        missing = [n for n in entity.column_names if n not in names]
+        unknown = [n for n in names if n not in fields]
+        missing = [n for n in fields if n not in names]
         if unknown:
             raise InputFileError(
                 f"{file_label}: column {', '.join(map(repr, unknown))} is not part of resource "
-                f"{entity.name!r} (its columns: {', '.join(entity.column_names)})"
+                f"{label!r} (its columns: {', '.join(fields)})"
             )
         if missing:
             raise InputFileError(
                 f"{file_label}: missing column {', '.join(map(repr, missing))} of resource "
-                f"{entity.name!r} (the header must name all of: {', '.join(entity.column_names)})"
+                f"{label!r} (the header must name all of: {', '.join(fields)})"
             )
 
     @staticmethod
@@ -413,7 +442,11 @@ class Store:
         return f"TRY_CAST({raw} AS {column.sql_type})"
 
     def _stage(self, cur: duckdb.DuckDBPyConnection, entity: Entity, names: list[str]) -> None:
-        raw = ", ".join(f"NULLIF(trim({quote(n)}), '') AS {quote(n)}" for n in names)
+        # Attributes the resource does not carry are empty.
+        raw = ", ".join(
+            [f"NULLIF(trim({quote(n)}), '') AS {quote(n)}" for n in names]
+            + [f"NULL::VARCHAR AS {quote(c)}" for c in entity.column_names if c not in names]
+        )
         typed = ", ".join(
             f"{self._typed(c, 'r.' + quote(c.name))} AS {quote(c.name)}" for c in entity.columns
         )
@@ -449,7 +482,7 @@ class Store:
         ]
         for row in bad_rows:
             for column in entity.columns:
-                if column.type == "string":
+                if column.type == "string" or column.name not in source.column_names:
                     continue
                 raw_value = source.column(column.name)[row].as_py()
                 if raw_value is None or not str(raw_value).strip():
@@ -526,7 +559,7 @@ class Store:
         tables: dict[str, pa.Table] = {}
         if last > after_seq:
             with self.db.read() as cur:
-                for entity in self.entities.values():
+                for entity in self.log_entities.values():
                     if self._entity_heads.get(entity.name, 0) <= after_seq:
                         continue
                     cols = ", ".join(quote(c) for c in entity.column_names)
@@ -580,7 +613,7 @@ class Store:
         removed = 0
         with self.db.write() as cur:
             dropped_through = self._compacted_through(cur)
-            for entity in self.entities.values():
+            for entity in self.log_entities.values():
                 table = entity_table(entity)
                 (n, highest) = cur.execute(
                     f"SELECT count(*), max(_seq) FROM {table} "
@@ -678,13 +711,13 @@ class Store:
         now = _now()
         received = sum(b.rows for b in batches)
         incoming: dict[str, pa.Table] = {}
-        for name in self.entities:
+        for name in self.log_entities:
             parts = [b.tables[name] for b in batches if name in b.tables]
             if parts:
                 table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
                 ordinal = np.arange(1, table.num_rows + 1, dtype=np.int64)
                 incoming[name] = table.append_column("_ord", pa.array(ordinal))
-        publication = _Publication(self._publish)
+        publication = self.publication()
         with self.db.write(
             arrow={f"incoming_{n}": t for n, t in incoming.items()}, on_commit=publication.fire
         ) as cur:
@@ -714,7 +747,7 @@ class Store:
             changed: list[str] = []
             head = base
             for name, table in incoming.items():
-                entity = self.entities[name]
+                entity = self.log_entities[name]
                 count = self._apply_entity(cur, entity, table, self_code, child_code, now, head)
                 if count:
                     head += table.num_rows

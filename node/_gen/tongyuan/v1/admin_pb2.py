@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongyuan/v1/admin.proto\x12\x0btongyuan.v1\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"z\n\rIngestRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x13\n\x0b\x61llow_empty\x18\x06 \x01(\x08\"Q\n\x0eIngestProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\"\x1b\n\x0cQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\"\x1f\n\nQueryChunk\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\"-\n\x0c\x43hildRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x15\n\x13ListChildrenRequest\"\x1d\n\rChildrenReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xa2\x03\n\x05\x41\x64min\x12>\n\x06Status\x12\x1a.tongyuan.v1.StatusRequest\x1a\x18.tongyuan.v1.StatusReply\x12\x43\n\x06Ingest\x12\x1a.tongyuan.v1.IngestRequest\x1a\x1b.tongyuan.v1.IngestProgress0\x01\x12=\n\x05Query\x12\x19.tongyuan.v1.QueryRequest\x1a\x17.tongyuan.v1.QueryChunk0\x01\x12\x41\n\x08\x41\x64\x64\x43hild\x12\x19.tongyuan.v1.ChildRequest\x1a\x1a.tongyuan.v1.ChildrenReply\x12\x44\n\x0bRemoveChild\x12\x19.tongyuan.v1.ChildRequest\x1a\x1a.tongyuan.v1.ChildrenReply\x12L\n\x0cListChildren\x12 .tongyuan.v1.ListChildrenRequest\x1a\x1a.tongyuan.v1.ChildrenReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongyuan/v1/admin.proto\x12\x0btongyuan.v1\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"x\n\rIngestRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x13\n\x0b\x61llow_empty\x18\x06 \x01(\x08J\x04\x08\x04\x10\x05R\ndepartment\"Q\n\x0eIngestProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\"\x1b\n\x0cQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\"\x1f\n\nQueryChunk\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\"-\n\x0c\x43hildRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x15\n\x13ListChildrenRequest\"\x1d\n\rChildrenReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"0\n\x0b\x43\x61llRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\" \n\tCallReply\x12\x13\n\x0bresult_json\x18\x01 \x01(\t2\xdc\x03\n\x05\x41\x64min\x12>\n\x06Status\x12\x1a.tongyuan.v1.StatusRequest\x1a\x18.tongyuan.v1.StatusReply\x12\x43\n\x06Ingest\x12\x1a.tongyuan.v1.IngestRequest\x1a\x1b.tongyuan.v1.IngestProgress0\x01\x12=\n\x05Query\x12\x19.tongyuan.v1.QueryRequest\x1a\x17.tongyuan.v1.QueryChunk0\x01\x12\x41\n\x08\x41\x64\x64\x43hild\x12\x19.tongyuan.v1.ChildRequest\x1a\x1a.tongyuan.v1.ChildrenReply\x12\x44\n\x0bRemoveChild\x12\x19.tongyuan.v1.ChildRequest\x1a\x1a.tongyuan.v1.ChildrenReply\x12L\n\x0cListChildren\x12 .tongyuan.v1.ListChildrenRequest\x1a\x1a.tongyuan.v1.ChildrenReply\x12\x38\n\x04\x43\x61ll\x12\x18.tongyuan.v1.CallRequest\x1a\x16.tongyuan.v1.CallReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREPLY']._serialized_start=57
   _globals['_STATUSREPLY']._serialized_end=84
   _globals['_INGESTREQUEST']._serialized_start=86
-  _globals['_INGESTREQUEST']._serialized_end=208
-  _globals['_INGESTPROGRESS']._serialized_start=210
-  _globals['_INGESTPROGRESS']._serialized_end=291
-  _globals['_QUERYREQUEST']._serialized_start=293
-  _globals['_QUERYREQUEST']._serialized_end=320
-  _globals['_QUERYCHUNK']._serialized_start=322
-  _globals['_QUERYCHUNK']._serialized_end=353
-  _globals['_CHILDREQUEST']._serialized_start=355
-  _globals['_CHILDREQUEST']._serialized_end=400
-  _globals['_LISTCHILDRENREQUEST']._serialized_start=402
-  _globals['_LISTCHILDRENREQUEST']._serialized_end=423
-  _globals['_CHILDRENREPLY']._serialized_start=425
-  _globals['_CHILDRENREPLY']._serialized_end=454
-  _globals['_ADMIN']._serialized_start=457
-  _globals['_ADMIN']._serialized_end=875
+  _globals['_INGESTREQUEST']._serialized_end=206
+  _globals['_INGESTPROGRESS']._serialized_start=208
+  _globals['_INGESTPROGRESS']._serialized_end=289
+  _globals['_QUERYREQUEST']._serialized_start=291
+  _globals['_QUERYREQUEST']._serialized_end=318
+  _globals['_QUERYCHUNK']._serialized_start=320
+  _globals['_QUERYCHUNK']._serialized_end=351
+  _globals['_CHILDREQUEST']._serialized_start=353
+  _globals['_CHILDREQUEST']._serialized_end=398
+  _globals['_LISTCHILDRENREQUEST']._serialized_start=400
+  _globals['_LISTCHILDRENREQUEST']._serialized_end=421
+  _globals['_CHILDRENREPLY']._serialized_start=423
+  _globals['_CHILDRENREPLY']._serialized_end=452
+  _globals['_CALLREQUEST']._serialized_start=454
+  _globals['_CALLREQUEST']._serialized_end=502
+  _globals['_CALLREPLY']._serialized_start=504
+  _globals['_CALLREPLY']._serialized_end=536
+  _globals['_ADMIN']._serialized_start=539
+  _globals['_ADMIN']._serialized_end=1015
 # @@protoc_insertion_point(module_scope)

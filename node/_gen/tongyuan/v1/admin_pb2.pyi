@@ -61,14 +61,12 @@ class IngestRequest(_message.Message):
     RESOURCE_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
-    DEPARTMENT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     resource: _builtins.str
     path: _builtins.str
     """Absolute path on the node's machine."""
     snapshot: _builtins.bool
-    department: _builtins.str
     format: _builtins.str
     allow_empty: _builtins.bool
     """With snapshot: accept a file without rows (which deletes every record it covers)."""
@@ -78,13 +76,12 @@ class IngestRequest(_message.Message):
         resource: _builtins.str = ...,
         path: _builtins.str = ...,
         snapshot: _builtins.bool = ...,
-        department: _builtins.str = ...,
         format: _builtins.str = ...,
         allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "department", b"department", "format", b"format", "path", b"path", "resource", b"resource", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "format", b"format", "path", b"path", "resource", b"resource", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,3 +211,46 @@ class ChildrenReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChildrenReply: _TypeAlias = ChildrenReply  # noqa: Y015
+
+@_typing.final
+class CallRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    ARGS_JSON_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """Operation name, e.g. "catalog.add"."""
+    args_json: _builtins.str
+    """JSON object of keyword arguments."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        args_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "method", b"method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallRequest: _TypeAlias = CallRequest  # noqa: Y015
+
+@_typing.final
+class CallReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
+    result_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        result_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_json", b"result_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallReply: _TypeAlias = CallReply  # noqa: Y015

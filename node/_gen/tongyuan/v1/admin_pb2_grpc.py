@@ -64,6 +64,11 @@ class AdminStub:
                 request_serializer=tongyuan_dot_v1_dot_admin__pb2.ListChildrenRequest.SerializeToString,
                 response_deserializer=tongyuan_dot_v1_dot_admin__pb2.ChildrenReply.FromString,
                 _registered_method=True)
+        self.Call = channel.unary_unary(
+                '/tongyuan.v1.Admin/Call',
+                request_serializer=tongyuan_dot_v1_dot_admin__pb2.CallRequest.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_admin__pb2.CallReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -105,6 +110,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Call(self, request, context):
+        """One of the node's named operations (catalogue and others) with JSON arguments
+        and a JSON result: small documents, so one generic call serves them all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +150,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListChildren,
                     request_deserializer=tongyuan_dot_v1_dot_admin__pb2.ListChildrenRequest.FromString,
                     response_serializer=tongyuan_dot_v1_dot_admin__pb2.ChildrenReply.SerializeToString,
+            ),
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=tongyuan_dot_v1_dot_admin__pb2.CallRequest.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_admin__pb2.CallReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +319,33 @@ class Admin:
             '/tongyuan.v1.Admin/ListChildren',
             tongyuan_dot_v1_dot_admin__pb2.ListChildrenRequest.SerializeToString,
             tongyuan_dot_v1_dot_admin__pb2.ChildrenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Admin/Call',
+            tongyuan_dot_v1_dot_admin__pb2.CallRequest.SerializeToString,
+            tongyuan_dot_v1_dot_admin__pb2.CallReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class AdminStub:
     AddChild: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ChildRequest, _admin_pb2.ChildrenReply]
     RemoveChild: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ChildRequest, _admin_pb2.ChildrenReply]
     ListChildren: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListChildrenRequest, _admin_pb2.ChildrenReply]
+    Call: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CallRequest, _admin_pb2.CallReply]
+    """One of the node's named operations (catalogue and others) with JSON arguments
+    and a JSON result: small documents, so one generic call serves them all.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -50,6 +54,10 @@ class AdminAsyncStub(AdminStub):
     AddChild: _aio.UnaryUnaryMultiCallable[_admin_pb2.ChildRequest, _admin_pb2.ChildrenReply]  # type: ignore[assignment]
     RemoveChild: _aio.UnaryUnaryMultiCallable[_admin_pb2.ChildRequest, _admin_pb2.ChildrenReply]  # type: ignore[assignment]
     ListChildren: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListChildrenRequest, _admin_pb2.ChildrenReply]  # type: ignore[assignment]
+    Call: _aio.UnaryUnaryMultiCallable[_admin_pb2.CallRequest, _admin_pb2.CallReply]  # type: ignore[assignment]
+    """One of the node's named operations (catalogue and others) with JSON arguments
+    and a JSON result: small documents, so one generic call serves them all.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -93,5 +101,15 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListChildrenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ChildrenReply, _abc.Awaitable[_admin_pb2.ChildrenReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Call(
+        self,
+        request: _admin_pb2.CallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CallReply, _abc.Awaitable[_admin_pb2.CallReply]]:
+        """One of the node's named operations (catalogue and others) with JSON arguments
+        and a JSON result: small documents, so one generic call serves them all.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -53,6 +53,7 @@ class NodeInfo(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
     COMPACTED_THROUGH_FIELD_NUMBER: _builtins.int
+    STANDARDS_DIGEST_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -64,6 +65,10 @@ class NodeInfo(_message.Message):
     compacted_through: _builtins.int
     """Tombstones up to this sequence may have been compacted away: a parent whose checkpoint
     is above 0 but below it may have missed deletes.
+    """
+    standards_digest: _builtins.str
+    """Digest of the standard items this node last received from the caller ("" if none),
+    so the parent delivers them again only when they changed.
     """
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntitySchema]:
@@ -80,10 +85,11 @@ class NodeInfo(_message.Message):
         version: _builtins.str = ...,
         node_id: _builtins.str = ...,
         compacted_through: _builtins.int = ...,
+        standards_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "entities", b"entities", "head_seq", b"head_seq", "name", b"name", "node_id", b"node_id", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "entities", b"entities", "head_seq", b"head_seq", "name", b"name", "node_id", b"node_id", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -258,3 +264,97 @@ class AckReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AckReply: _TypeAlias = AckReply  # noqa: Y015
+
+@_typing.final
+class StandardItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    ENTITY_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    UPDATE_FREQUENCY_FIELD_NUMBER: _builtins.int
+    ORIGIN_NODE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Code, prefixed by the division code of the node that defined it."""
+    name: _builtins.str
+    summary: _builtins.str
+    entity: _builtins.str
+    """Entity the item is about and the attributes every provider must carry."""
+    update_frequency: _builtins.str
+    """realtime, hourly, daily, weekly, monthly, quarterly or yearly."""
+    origin_node: _builtins.str
+    """The node that defined the item (the caller or a node above it)."""
+    version: _builtins.int
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        entity: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        update_frequency: _builtins.str = ...,
+        origin_node: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "entity", b"entity", "fields", b"fields", "name", b"name", "origin_node", b"origin_node", "summary", b"summary", "update_frequency", b"update_frequency", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StandardItem: _TypeAlias = StandardItem  # noqa: Y015
+
+@_typing.final
+class StandardsDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_CODE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    parent_code: _builtins.str
+    digest: _builtins.str
+    """Digest of `items` as the parent computed it (checked on receipt)."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___StandardItem]: ...
+    def __init__(
+        self,
+        *,
+        parent_code: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        items: _abc.Iterable[Global___StandardItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "items", b"items", "parent_code", b"parent_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StandardsDelivery: _TypeAlias = StandardsDelivery  # noqa: Y015
+
+@_typing.final
+class StandardsReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    items: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StandardsReceipt: _TypeAlias = StandardsReceipt  # noqa: Y015

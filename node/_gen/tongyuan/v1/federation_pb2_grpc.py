@@ -50,6 +50,11 @@ class FederationStub:
                 request_serializer=tongyuan_dot_v1_dot_federation__pb2.AckRequest.SerializeToString,
                 response_deserializer=tongyuan_dot_v1_dot_federation__pb2.AckReply.FromString,
                 _registered_method=True)
+        self.DeliverStandards = channel.unary_unary(
+                '/tongyuan.v1.Federation/DeliverStandards',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.StandardsDelivery.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.StandardsReceipt.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -79,6 +84,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverStandards(self, request, context):
+        """Downward: the caller (this node's parent) delivers its whole set of standard
+        catalogue items, its own and those from above; the set replaces the previous one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Acknowledge,
                     request_deserializer=tongyuan_dot_v1_dot_federation__pb2.AckRequest.FromString,
                     response_serializer=tongyuan_dot_v1_dot_federation__pb2.AckReply.SerializeToString,
+            ),
+            'DeliverStandards': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverStandards,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.StandardsDelivery.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.StandardsReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class Federation:
             '/tongyuan.v1.Federation/Acknowledge',
             tongyuan_dot_v1_dot_federation__pb2.AckRequest.SerializeToString,
             tongyuan_dot_v1_dot_federation__pb2.AckReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverStandards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/DeliverStandards',
+            tongyuan_dot_v1_dot_federation__pb2.StandardsDelivery.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.StandardsReceipt.FromString,
             options,
             channel_credentials,
             insecure,

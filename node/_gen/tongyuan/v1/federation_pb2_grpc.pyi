@@ -46,6 +46,10 @@ class FederationStub:
     """
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_federation_pb2.AckRequest, _federation_pb2.AckReply]
     """The caller has durably applied everything up to `applied_seq`; the child may compact."""
+    DeliverStandards: _grpc.UnaryUnaryMultiCallable[_federation_pb2.StandardsDelivery, _federation_pb2.StandardsReceipt]
+    """Downward: the caller (this node's parent) delivers its whole set of standard
+    catalogue items, its own and those from above; the set replaces the previous one.
+    """
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
@@ -61,6 +65,10 @@ class FederationAsyncStub(FederationStub):
     """
     Acknowledge: _aio.UnaryUnaryMultiCallable[_federation_pb2.AckRequest, _federation_pb2.AckReply]  # type: ignore[assignment]
     """The caller has durably applied everything up to `applied_seq`; the child may compact."""
+    DeliverStandards: _aio.UnaryUnaryMultiCallable[_federation_pb2.StandardsDelivery, _federation_pb2.StandardsReceipt]  # type: ignore[assignment]
+    """Downward: the caller (this node's parent) delivers its whole set of standard
+    catalogue items, its own and those from above; the set replaces the previous one.
+    """
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
     """Served by every node; called by its parent."""
@@ -91,5 +99,15 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.AckReply, _abc.Awaitable[_federation_pb2.AckReply]]:
         """The caller has durably applied everything up to `applied_seq`; the child may compact."""
+
+    @_abc_1.abstractmethod
+    def DeliverStandards(
+        self,
+        request: _federation_pb2.StandardsDelivery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.StandardsReceipt, _abc.Awaitable[_federation_pb2.StandardsReceipt]]:
+        """Downward: the caller (this node's parent) delivers its whole set of standard
+        catalogue items, its own and those from above; the set replaces the previous one.
+        """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""The resource catalogue: entries and their vocabulary, freshness, interchange formats."""

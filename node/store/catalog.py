@@ -1,0 +1,437 @@
+"""The catalogue's tables: drafts and history (local), published entries and the node
+tree (in the change log, so they travel upward like data), standard items (downward).
+
+Published and retired entries live in `tongyuan.rows_catalog`, an entity table like
+any other: one row per (origin_node, code), its latest version or a tombstone, each
+with its sequence number. So harvesting a child's catalogue rides the same windows,
+the same checkpoint and the same transaction as its data, and a retirement or a
+removal reaches every tier above exactly like a row update or delete. Drafts never
+enter the log: only published resources travel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from node.catalog.entries import Entry, entry_from_document
+from node.catalog.standards import StandardItem, digest, standard_from_document
+from node.entities import Column, Entity
+from node.store.schema import entity_table, stored_columns
+
+if TYPE_CHECKING:
+    from node.store.store import Store
+
+CATALOG = Entity(
+    name="catalog",
+    key="code",
+    description="Published and retired catalogue entries of this node and its subtree.",
+    columns=tuple(
+        Column(name, type_)
+        for name, type_ in (
+            ("code", "string"),
+            ("name", "string"),
+            ("summary", "string"),
+            ("department", "string"),
+            ("source_node", "string"),
+            ("source_department", "string"),
+            ("entity", "string"),
+            ("fields", "string"),  # JSON list of information items
+            ("format", "string"),
+            ("update_frequency", "string"),
+            ("sharing", "string"),
+            ("sharing_kind", "string"),
+            ("sharing_conditions", "string"),
+            ("open_attribute", "string"),
+            ("sensitivity", "string"),
+            ("keywords", "string"),  # JSON list
+            ("provides", "string"),
+            ("version", "integer"),
+            ("status", "string"),
+            ("published_on", "date"),
+            ("last_change_at", "timestamp"),
+            ("updated_by", "string"),
+            ("updated_at", "timestamp"),
+        )
+    ),
+)
+# Which node sits below which: each parent records its children, so the province
+# knows the whole tree (coverage, search paths) even where a county holds nothing yet.
+NODES = Entity(
+    name="federation_nodes",
+    key="code",
+    description="Nodes of the federation below this one, each recorded by its parent.",
+    columns=(
+        Column("code", "string"),
+        Column("parent_code", "string"),
+        Column("name", "string"),
+        Column("tier", "string"),
+    ),
+)
+INTERNAL_ENTITIES: tuple[Entity, ...] = (CATALOG, NODES)
+_JSON_COLUMNS = ("fields", "keywords")
+_TIME_COLUMNS = ("last_change_at", "updated_at")
+
+
+def _utc_naive(value: datetime | None) -> datetime | None:
+    """TIMESTAMP columns hold UTC without a zone (the wire's column vocabulary)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _entry_row(entry: Entry) -> list[Any]:
+    doc = entry.document()
+    values: list[Any] = []
+    for column in CATALOG.columns:
+        if column.name in _JSON_COLUMNS:
+            values.append(json.dumps(doc[column.name], ensure_ascii=False))
+        elif column.name in _TIME_COLUMNS:
+            values.append(_utc_naive(getattr(entry, column.name)))
+        else:
+            values.append(getattr(entry, column.name))
+    return values
+
+
+def _entry_from_row(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """A stored row as an entry document plus where it came from."""
+    doc = dict(zip(names, row, strict=True))
+    for key in _JSON_COLUMNS:
+        doc[key] = json.loads(doc[key]) if doc[key] else []
+    for key in _TIME_COLUMNS:
+        value = doc[key]
+        doc[key] = value.replace(tzinfo=UTC).isoformat() if value is not None else None
+    if isinstance(doc.get("published_on"), date):
+        doc["published_on"] = doc["published_on"].isoformat()
+    if isinstance(doc.get("applied_at"), datetime):
+        doc["applied_at"] = doc["applied_at"].astimezone(UTC).isoformat()
+    doc["version"] = int(doc["version"]) if doc["version"] is not None else 1
+    return doc
+
+
+_ENTRY_SELECT = (
+    ", ".join(c.name for c in CATALOG.columns)
+    + ", origin_node, _via AS via, _applied_at AS applied_at"
+)
+_ENTRY_NAMES = [c.name for c in CATALOG.columns] + ["origin_node", "via", "applied_at"]
+
+
+class CatalogStore:
+    """Catalogue reads and writes; every write is one transaction on the store's writer."""
+
+    def __init__(self, store: Store, node_code: str) -> None:
+        self._store = store
+        self._db = store.db
+        self.node_code = node_code
+        # Bumped when the standard items change, so links know to offer them again.
+        self.standards_generation = 0
+
+    # ----- writing to the change log ---------------------------------------------------
+
+    def _log_write(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        key: str,
+        values: list[Any] | None,
+        department: str | None,
+        now: datetime,
+    ) -> int:
+        """Write this node's new version of one record (None = tombstone); returns its seq."""
+        _, seq = self._store.reserve_seqs(cur, 1)
+        table = entity_table(entity)
+        cur.execute(
+            f"DELETE FROM {table} WHERE origin_node = ? AND {entity.key} = ?",
+            [self.node_code, key],
+        )
+        deleted = values is None
+        row = values or [key if c.name == entity.key else None for c in entity.columns]
+        placeholders = ", ".join("?" for _ in range(len(entity.columns) + 9))
+        cur.execute(
+            f"INSERT INTO {table} ({stored_columns(entity)}) VALUES ({placeholders})",
+            [*row, deleted, self.node_code, seq, department, None, now, seq, self.node_code, now],
+        )
+        return seq
+
+    @staticmethod
+    def _history(
+        cur: duckdb.DuckDBPyConnection,
+        code: str,
+        version: int,
+        action: str,
+        actor: str,
+        now: datetime,
+        note: str = "",
+    ) -> None:
+        cur.execute(
+            "INSERT INTO tongyuan.catalog_history VALUES (?, ?, ?, ?, ?, ?)",
+            [code, version, action, actor, now, note],
+        )
+
+    # ----- drafts (local) ----------------------------------------------------------------
+
+    def save_drafts(
+        self, entries: Sequence[Entry], actor: str, action: str, note: str = ""
+    ) -> None:
+        """Create or replace drafts, all or none."""
+        now = datetime.now(UTC)
+        with self._db.write() as cur:
+            for entry in entries:
+                cur.execute("DELETE FROM tongyuan.catalog_drafts WHERE code = ?", [entry.code])
+                doc = entry.with_changes(updated_by=actor, updated_at=now).document()
+                cur.execute(
+                    "INSERT INTO tongyuan.catalog_drafts VALUES (?, ?, ?, ?, ?)",
+                    [entry.code, entry.version, json.dumps(doc, ensure_ascii=False), actor, now],
+                )
+                self._history(cur, entry.code, entry.version, action, actor, now, note)
+
+    def draft(self, code: str) -> Entry | None:
+        with self._db.read() as cur:
+            row = cur.execute(
+                "SELECT doc FROM tongyuan.catalog_drafts WHERE code = ?", [code]
+            ).fetchone()
+        return entry_from_document(json.loads(row[0])) if row else None
+
+    def drafts(self) -> list[Entry]:
+        with self._db.read() as cur:
+            rows = cur.execute("SELECT doc FROM tongyuan.catalog_drafts ORDER BY code").fetchall()
+        return [entry_from_document(json.loads(r[0])) for r in rows]
+
+    def delete_draft(self, code: str, actor: str, note: str = "") -> None:
+        now = datetime.now(UTC)
+        with self._db.write() as cur:
+            row = cur.execute(
+                "DELETE FROM tongyuan.catalog_drafts WHERE code = ? RETURNING version", [code]
+            ).fetchone()
+            if row is not None:
+                self._history(cur, code, int(row[0]), "draft removed", actor, now, note)
+
+    # ----- published entries (in the log) --------------------------------------------------
+
+    def write_entry(self, entry: Entry, actor: str, action: str, note: str = "") -> int:
+        """Record a published or retired version of one of this node's entries; the draft
+        it came from (same code and version) goes in the same transaction."""
+        now = datetime.now(UTC)
+        stamped = entry.with_changes(updated_by=actor, updated_at=now)
+        publication = self._store.publication()
+        with self._db.write(on_commit=publication.fire) as cur:
+            seq = self._log_write(
+                cur, CATALOG, entry.code, _entry_row(stamped), entry.department, now
+            )
+            cur.execute(
+                "DELETE FROM tongyuan.catalog_drafts WHERE code = ? AND version = ?",
+                [entry.code, entry.version],
+            )
+            self._history(cur, entry.code, entry.version, action, actor, now, note)
+            publication.set(seq, [CATALOG.name])
+        return seq
+
+    def remove_entry(self, code: str, version: int, actor: str, note: str = "") -> int:
+        """Remove one of this node's entries: a tombstone tells every tier above."""
+        now = datetime.now(UTC)
+        publication = self._store.publication()
+        with self._db.write(on_commit=publication.fire) as cur:
+            seq = self._log_write(cur, CATALOG, code, None, None, now)
+            cur.execute("DELETE FROM tongyuan.catalog_drafts WHERE code = ?", [code])
+            self._history(cur, code, version, "removed", actor, now, note)
+            publication.set(seq, [CATALOG.name])
+        return seq
+
+    def touch_entry(
+        self, cur: duckdb.DuckDBPyConnection, code: str, seq: int, now: datetime
+    ) -> None:
+        """Inside an ingest: the resource's last effective change is now (a new version of
+        its entry, so freshness travels upward with the data)."""
+        cur.execute(
+            f"UPDATE {entity_table(CATALOG)} SET last_change_at = ?, _seq = ?, origin_seq = ?, "
+            "origin_time = ?, _applied_at = ? WHERE origin_node = ? AND code = ? AND NOT _deleted",
+            [_utc_naive(now), seq, seq, now, now, self.node_code, code],
+        )
+
+    def own_entry(self, code: str) -> Entry | None:
+        """This node's published or retired entry `code`."""
+        docs = self._select("origin_node = ? AND code = ?", [self.node_code, code])
+        return entry_from_document(docs[0]) if docs else None
+
+    def entries(self, origin: str | None = None) -> list[dict[str, Any]]:
+        """Published and retired entries, this node's and its subtree's, as documents."""
+        if origin is None:
+            return self._select("true", [])
+        return self._select("origin_node = ?", [origin])
+
+    def search(self, terms: Sequence[str]) -> list[dict[str, Any]]:
+        """Entries whose text (name, summary, fields and their descriptions, departments,
+        keywords, code) contains every term, case-insensitively; Chinese text included."""
+        haystack = (
+            "lower(concat_ws(' ', code, name, summary, department, source_department, "
+            "entity, fields, keywords, provides))"
+        )
+        where = " AND ".join(f"contains({haystack}, lower(?))" for _ in terms) or "true"
+        return self._select(where, list(terms))
+
+    def _select(self, where: str, params: list[Any]) -> list[dict[str, Any]]:
+        with self._db.read() as cur:
+            rows = cur.execute(
+                f"SELECT {_ENTRY_SELECT} FROM {entity_table(CATALOG)} "
+                f"WHERE NOT _deleted AND {where} ORDER BY origin_node, code",
+                params,
+            ).fetchall()
+        return [_entry_from_row(_ENTRY_NAMES, r) for r in rows]
+
+    def history(self, code: str) -> list[dict[str, Any]]:
+        with self._db.read() as cur:
+            rows = cur.execute(
+                "SELECT version, action, actor, happened_at, note FROM tongyuan.catalog_history "
+                "WHERE code = ? ORDER BY happened_at, rowid",
+                [code],
+            ).fetchall()
+        return [
+            {
+                "version": int(v),
+                "action": a,
+                "by": who,
+                "at": at.astimezone(UTC).isoformat(timespec="seconds"),
+                "note": note,
+            }
+            for v, a, who, at, note in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """This node's own entries by status, drafts included."""
+        with self._db.read() as cur:
+            rows = cur.execute(
+                f"SELECT status, count(*) FROM {entity_table(CATALOG)} "
+                "WHERE NOT _deleted AND origin_node = ? GROUP BY status",
+                [self.node_code],
+            ).fetchall()
+            (drafts,) = cur.execute("SELECT count(*) FROM tongyuan.catalog_drafts").fetchone()  # type: ignore[misc]
+        result = {"draft": 0, "published": 0, "retired": 0}
+        result.update({str(s): int(n) for s, n in rows})
+        result["draft"] = int(drafts)
+        return result
+
+    # ----- the node tree (in the log) ---------------------------------------------------
+
+    def record_children(self, children: Iterable[tuple[str, str, str]]) -> None:
+        """Record (code, name, tier) of this node's children where not yet recorded as is."""
+        now = datetime.now(UTC)
+        wanted = {code: (name, tier) for code, name, tier in children}
+        publication = self._store.publication()
+        with self._db.write(on_commit=publication.fire) as cur:
+            have = {
+                str(code): (name, tier)
+                for code, name, tier in cur.execute(
+                    f"SELECT code, name, tier FROM {entity_table(NODES)} "
+                    "WHERE origin_node = ? AND NOT _deleted",
+                    [self.node_code],
+                ).fetchall()
+            }
+            seq = 0
+            for code, (name, tier) in sorted(wanted.items()):
+                if have.get(code) != (name, tier):
+                    row = [code, self.node_code, name, tier]
+                    seq = self._log_write(cur, NODES, code, row, None, now)
+            if seq:
+                publication.set(seq, [NODES.name])
+
+    def forget_child(self, code: str) -> None:
+        now = datetime.now(UTC)
+        publication = self._store.publication()
+        with self._db.write(on_commit=publication.fire) as cur:
+            (present,) = cur.execute(  # type: ignore[misc]
+                f"SELECT count(*) FROM {entity_table(NODES)} "
+                "WHERE origin_node = ? AND code = ? AND NOT _deleted",
+                [self.node_code, code],
+            ).fetchone()
+            if present:
+                seq = self._log_write(cur, NODES, code, None, None, now)
+                publication.set(seq, [NODES.name])
+
+    def tree(self) -> dict[str, str]:
+        """child code → parent code for every node known below this one."""
+        with self._db.read() as cur:
+            rows = cur.execute(
+                f"SELECT code, parent_code FROM {entity_table(NODES)} WHERE NOT _deleted "
+                "ORDER BY _seq"
+            ).fetchall()
+        return {str(code): str(parent) for code, parent in rows}
+
+    # ----- standard items (downward) ------------------------------------------------------
+
+    def save_standard(self, item: StandardItem) -> None:
+        self._replace_standards(
+            "origin_node = ? AND code = ?", [item.origin_node, item.code], [item], None
+        )
+
+    def withdraw_standard(self, code: str) -> bool:
+        with self._db.write() as cur:
+            row = cur.execute(
+                "DELETE FROM tongyuan.standard_items WHERE code = ? AND received_from IS NULL "
+                "RETURNING code",
+                [code],
+            ).fetchone()
+        if row is not None:
+            self.standards_generation += 1
+        return row is not None
+
+    def standards(self) -> list[tuple[StandardItem, str | None]]:
+        """Every standard item this node knows: (item, parent it came from or None if own)."""
+        with self._db.read() as cur:
+            rows = cur.execute(
+                "SELECT doc, received_from FROM tongyuan.standard_items ORDER BY code"
+            ).fetchall()
+        return [(standard_from_document(json.loads(doc)), parent) for doc, parent in rows]
+
+    def own_standard(self, code: str) -> StandardItem | None:
+        return next(
+            (i for i, parent in self.standards() if i.code == code and parent is None), None
+        )
+
+    def downward_set(self) -> tuple[str, list[StandardItem]]:
+        """What this node passes to its children: its own items and those from above."""
+        items = [item for item, _ in self.standards()]
+        return digest(items), items
+
+    def replace_received(self, parent: str, items: Sequence[StandardItem], received: str) -> None:
+        """Take a parent's whole set in one transaction (items it withdrew go too)."""
+        self._replace_standards("received_from = ?", [parent], items, parent, received)
+
+    def _replace_standards(
+        self,
+        where: str,
+        params: list[Any],
+        items: Sequence[StandardItem],
+        parent: str | None,
+        received: str | None = None,
+    ) -> None:
+        now = datetime.now(UTC)
+        with self._db.write() as cur:
+            cur.execute(f"DELETE FROM tongyuan.standard_items WHERE {where}", params)
+            for item in items:
+                cur.execute(
+                    "INSERT INTO tongyuan.standard_items VALUES (?, ?, ?, ?, ?)",
+                    [
+                        item.code,
+                        item.origin_node,
+                        parent,
+                        json.dumps(item.document(), ensure_ascii=False),
+                        now,
+                    ],
+                )
+            if parent is not None:
+                cur.execute("DELETE FROM tongyuan.received_sets WHERE parent_code = ?", [parent])
+                cur.execute(
+                    "INSERT INTO tongyuan.received_sets VALUES (?, ?, ?)", [parent, received, now]
+                )
+        self.standards_generation += 1
+
+    def received_digest(self, parent: str) -> str:
+        with self._db.read() as cur:
+            row = cur.execute(
+                "SELECT digest FROM tongyuan.received_sets WHERE parent_code = ?", [parent]
+            ).fetchone()
+        return str(row[0]) if row else ""
