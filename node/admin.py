@@ -389,7 +389,9 @@ class RemoteNode:
 
     def call(self, method: str, args: dict[str, Any]) -> Any:
         request = pb.CallRequest(method=method, args_json=to_json(args))
-        reply = self._call(lambda: self._stub.Call(request, metadata=self._metadata, timeout=60))
+        # No deadline: a write may wait behind a long import, and a client that gave up
+        # would report a failure for a change that then commits.
+        reply = self._call(lambda: self._stub.Call(request, metadata=self._metadata))
         return json.loads(reply.result_json)
 
     def close(self) -> None:

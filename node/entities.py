@@ -32,6 +32,8 @@ LINEAGE_COLUMNS: tuple[str, ...] = (
     "origin_dept",
     "origin_batch",
     "origin_time",
+    # The catalogue resource whose import last wrote the record.
+    "origin_resource",
 )
 RESERVED_PREFIXES = ("origin_", "_")
 RESERVED_NAMES = frozenset({"applied_at", "seq"})
@@ -83,6 +85,7 @@ class Entity:
             pa.field("origin_dept", pa.string()),
             pa.field("origin_batch", pa.string()),
             pa.field("origin_time", pa.timestamp("us", tz="UTC")),
+            pa.field("origin_resource", pa.string()),
         ]
         return pa.schema(fields)
 

@@ -147,11 +147,22 @@ def _check_ownership(table: pa.Table, entity: Entity, child: str, where: str) ->
                     "the node that owns the code"
                 )
     elif entity.name == "federation_nodes":
-        for code, origin in zip(table.column("code").to_pylist(), origins.to_pylist(), strict=True):
+        for code, parent, deleted, origin in zip(
+            table.column("code").to_pylist(),
+            table.column("parent_code").to_pylist(),
+            table.column("_deleted").to_pylist(),
+            origins.to_pylist(),
+            strict=True,
+        ):
             if code == origin or not code.startswith(_division_prefix(origin)):
                 raise BatchRejected(
                     f"{where}: node {origin} reports {code} as its child, but {code} is not "
                     f"inside {origin}"
+                )
+            if not deleted and parent != origin:
+                raise BatchRejected(
+                    f"{where}: node {origin} reports {code} as a child of {parent}; a node "
+                    "records only its own children"
                 )
 
 

@@ -31,6 +31,7 @@ DCTERMS = Namespace("http://purl.org/dc/terms/")
 
 T = TypeVar("T")
 DAY = 24 * 3600
+CLOCK_SKEW = "TONGYUAN_CLOCK_SKEW_SECONDS"
 CODE = "320102-GA-001"
 PATH_TO_XUANWU = [
     {"code": "320000", "name": "江苏省"},
@@ -228,6 +229,9 @@ def test_a_standard_item_reaches_a_county_two_tiers_down_and_coverage_follows_th
     cluster: Cluster, tmp_path: Path
 ) -> None:
     province, city, county = chain(cluster)
+    # A second county under the city never provides the item.
+    qinhuai = cluster.node("320104", "qinhuai").start()
+    city.cli("children", "add", qinhuai.code, qinhuai.address)
     county.cli(
         "catalog", "add", str(write_toml(tmp_path / "hukou.toml", XUANWU_ENTRY)), "--publish"
     )
@@ -250,10 +254,11 @@ def test_a_standard_item_reaches_a_county_two_tiers_down_and_coverage_follows_th
     assert item["origin_node"] == "320000" and item["received_from"] == "320100"
     assert item["fields"] == ["id_number", "name"] and item["provided_by"] == []
 
-    rows = poll(coverage_rows, lambda r: "320102" in r, "the county in the coverage")
+    rows = poll(coverage_rows, lambda r: {"320102", "320104"} <= set(r), "both counties")
     assert rows["320100"]["depth"] == 0 and rows["320102"]["depth"] == 1
     assert rows["320102"]["cells"] == {std: "missing"}
-    assert rows["320100"]["rollup"] == {std: {"missing": 1}}
+    assert rows["320104"]["cells"] == {std: "missing"}
+    assert rows["320100"]["rollup"] == {std: {"missing": 2}}
 
     county.cli("catalog", "map", CODE, std)
     assert county_items()[std]["provided_by"] == [CODE]
@@ -262,8 +267,18 @@ def test_a_standard_item_reaches_a_county_two_tiers_down_and_coverage_follows_th
         lambda r: r["320102"]["cells"] == {std: "provided"},
         "provided at the province",
     )
-    assert rows["320100"]["rollup"] == {std: {"provided": 1}}
+    assert rows["320100"]["rollup"] == {std: {"provided": 1, "missing": 1}}
+    # Three days on, by the province's clock, the county's daily delivery is overdue
+    # (a stopped node: the CLI judges with its own, skewed, clock).
+    province.stop()
+    skewed = json.loads(
+        cli_with_env(province, {CLOCK_SKEW: str(3 * DAY)}, "catalog", "coverage", "--json")
+    )
+    later = {r["code"]: r for r in skewed["nodes"]}
+    assert later["320102"]["cells"] == {std: "stale"}
+    assert later["320100"]["rollup"] == {std: {"stale": 1, "missing": 1}}
 
+    province.start()
     province.cli("catalog", "standard", "withdraw", std)
     poll(county_items, lambda i: i == {}, "the withdrawal at the county")
     assert json.loads(city.cli("catalog", "standard", "list", "--json").stdout) == []
@@ -282,7 +297,7 @@ def test_freshness_turns_late_then_stale_as_time_passes(cluster: Cluster, tmp_pa
     assert county.status()["catalog"]["freshness"] == {"fresh": 1, "late": 0, "stale": 0}
 
     for days, state in ((1.5, "late"), (3, "stale")):
-        skew = {"TONGYUAN_CLOCK_SKEW_SECONDS": str(days * DAY)}
+        skew = {CLOCK_SKEW: str(days * DAY)}
         entries = json.loads(cli_with_env(county, skew, "catalog", "list", "--json"))
         assert [(e["code"], e["freshness"]) for e in entries] == [(code, state)]
         summary = json.loads(cli_with_env(county, skew, "status", "--json"))["catalog"]
@@ -440,7 +455,7 @@ def test_every_bad_change_is_refused_with_what_to_fix_and_nothing_written(
     assert county.fetch("SELECT count(*) AS n FROM person") == rows_before
     assert json.loads(county.cli("catalog", "standard", "list", "--json").stdout) == []
     history = json.loads(county.cli("catalog", "show", "320102-OLD", "--json").stdout)["history"]
-    assert [h["action"] for h in history] == ["created", "published version 1", "retired"]
+    assert [h["action"] for h in history] == ["created and published version 1", "retired"]
 
 
 def test_a_child_sending_an_entry_for_a_resource_it_does_not_own_is_refused(
@@ -459,7 +474,7 @@ def test_a_child_sending_an_entry_for_a_resource_it_does_not_own_is_refused(
     ).with_changes(status="published")
     store = Store.open(config.store_path, config.entities)
     try:
-        store.catalog.write_entry(foreign, "intruder", "published version 1")
+        store.catalog.write_entries([foreign], "intruder", "published version 1")
     finally:
         store.close()
     city = cluster.node("320100", "nanjing")

@@ -137,7 +137,7 @@ def add(
     if file is not None:
         args: dict[str, Any] = {"entries": load_entries(file), "source": str(file)}
     else:
-        args = {"entries": [raw], "source": "command line", "from_flags": True}
+        args = {"entries": [raw], "source": "command line", "fill_defaults": True}
     with node_handle(ctx, write=True) as node:
         added = node.call("catalog.add", {**args, "actor": actor, "publish": publish})
     if as_json:
@@ -354,11 +354,24 @@ def export(ctx: click.Context, out_format: str, scope: str, output: Path | None)
 
 @catalog.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
+@click.option("--entity", help="Entity of datasets the file does not type (foreign files).")
+@click.option("--sharing", help="Sharing attribute id for datasets that do not state one.")
+@click.option("--department", help="Provider department for datasets without a publisher.")
 @_actor_option
 @click.pass_context
 @user_errors
-def import_dcat(ctx: click.Context, file: Path, actor: str) -> None:
-    """Import a DCAT-AP JSON-LD file's datasets as draft entries (all or none)."""
+def import_dcat(
+    ctx: click.Context,
+    file: Path,
+    entity: str | None,
+    sharing: str | None,
+    department: str | None,
+    actor: str,
+) -> None:
+    """Import a DCAT-AP JSON-LD file's datasets as draft entries (all or none).
+
+    Datasets from other systems lack what only Tongyuan records (entity, sharing
+    attribute); give those with the options, and fields default to every attribute."""
     from node.catalog.interchange import from_dcat
 
     try:
@@ -367,8 +380,14 @@ def import_dcat(ctx: click.Context, file: Path, actor: str) -> None:
         raise UserError(f"{file}: cannot read it ({exc})") from None
     entries = from_dcat(text, source=str(file))
     with node_handle(ctx, write=True) as node:
+        defaults = {
+            k: v
+            for k, v in (("entity", entity), ("sharing", sharing), ("department", department))
+            if v
+        }
         drafts = node.call(
-            "catalog.import", {"entries": entries, "source": str(file), "actor": actor}
+            "catalog.import",
+            {"entries": entries, "source": str(file), "actor": actor, "defaults": defaults},
         )
     for entry in drafts:
         click.echo(f"{entry['code']} {entry['name']}: draft (version {entry['version']})")
@@ -387,10 +406,9 @@ def standard() -> None:
 @click.option("--entity", help="Entity the item is about.")
 @click.option("--fields", help="Attributes every provider must carry, comma-separated.")
 @click.option("--frequency", type=click.Choice(list(FREQUENCIES)), help="Update frequency.")
-@_actor_option
 @click.pass_context
 @user_errors
-def standard_add(ctx: click.Context, file: Path | None, actor: str, **flags: Any) -> None:
+def standard_add(ctx: click.Context, file: Path | None, **flags: Any) -> None:
     """Define standard items from FILE ([[standard]] entries) or flags."""
     raw = {("update_frequency" if k == "frequency" else k): v for k, v in flags.items() if v}
     if file is not None and raw:
@@ -398,9 +416,7 @@ def standard_add(ctx: click.Context, file: Path | None, actor: str, **flags: Any
     items = load_entries(file, plural="standard") if file is not None else [raw]
     source = str(file) if file is not None else "command line"
     with node_handle(ctx, write=True) as node:
-        defined = node.call(
-            "catalog.standard_add", {"items": items, "source": source, "actor": actor}
-        )
+        defined = node.call("catalog.standard_add", {"items": items, "source": source})
     for item in defined:
         click.echo(
             f"{item['code']} {item['name']}: defined (version {item['version']}); it reaches "

@@ -107,6 +107,7 @@ class Entry:
     version: int = 1
     status: str = "draft"
     published_on: date | None = None
+    published_at: datetime | None = None
     last_change_at: datetime | None = None
     updated_by: str = ""
     updated_at: datetime | None = None
@@ -116,7 +117,7 @@ class Entry:
         doc = asdict(self)
         doc["fields"] = [asdict(f) for f in self.fields]
         doc["keywords"] = list(self.keywords)
-        for key in ("published_on", "last_change_at", "updated_at"):
+        for key in ("published_on", "published_at", "last_change_at", "updated_at"):
             value = doc[key]
             doc[key] = value.isoformat() if value is not None else None
         return doc
@@ -206,6 +207,9 @@ def _fields(
             specs.append({"name": item} if isinstance(item, str) else item)
     else:
         problems.add("fields must be a list of field tables or names")
+        return ()
+    if not specs:
+        problems.add("fields (information items) are missing: list at least the entity's key")
         return ()
     result: list[Field] = []
     seen: set[str] = set()
@@ -367,6 +371,7 @@ def entry_from_document(doc: Mapping[str, Any]) -> Entry:
     values["keywords"] = tuple(values.get("keywords") or ())
     for key, parse in (
         ("published_on", date.fromisoformat),
+        ("published_at", datetime.fromisoformat),
         ("last_change_at", datetime.fromisoformat),
         ("updated_at", datetime.fromisoformat),
     ):

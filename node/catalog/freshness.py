@@ -2,7 +2,8 @@
 
 A resource is *fresh* while its last change is at most one period old, *late* up to
 two periods, *stale* beyond. A published resource that never changed counts from its
-publication. The clock is a parameter so a test or a drill can evaluate any moment.
+publication (the moment; the publication date alone counts from its midnight, UTC).
+The clock is a parameter so a test or a drill can evaluate any moment.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from datetime import UTC, date, datetime, time, timedelta
 
 from node.catalog.entries import FREQUENCIES
+from node.errors import UserError
 
 FRESH, LATE, STALE = "fresh", "late", "stale"
 STATES = (FRESH, LATE, STALE)
@@ -20,7 +22,11 @@ CLOCK_SKEW_ENV = "TONGYUAN_CLOCK_SKEW_SECONDS"
 
 def clock() -> datetime:
     """Now, as freshness sees it: the real clock plus any configured skew."""
-    skew = float(os.environ.get(CLOCK_SKEW_ENV) or 0)
+    raw = os.environ.get(CLOCK_SKEW_ENV) or "0"
+    try:
+        skew = float(raw)
+    except ValueError:
+        raise UserError(f"{CLOCK_SKEW_ENV}={raw!r} is not a number of seconds") from None
     return datetime.now(UTC) + timedelta(seconds=skew)
 
 

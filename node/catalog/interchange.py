@@ -181,7 +181,11 @@ def _dataset(doc: dict[str, Any], node_code: str) -> dict[str, Any]:
     if doc.get("sharing_conditions"):
         dataset["ty:sharingConditions"] = _zh(_text(doc, "sharing_conditions"))
     if doc.get("path"):
-        dataset["ty:path"] = {"@list": [str(p) for p in doc["path"]]}
+        dataset["ty:path"] = {
+            "@list": [
+                f"{p['name']} {p['code']}" if isinstance(p, dict) else str(p) for p in doc["path"]
+            ]
+        }
     return dataset
 
 

@@ -17,6 +17,7 @@ from node.catalog.entries import (
     Entry,
     build_entry,
     editable_fields,
+    entry_from_document,
 )
 from node.catalog.freshness import STATES, clock, freshness
 from node.catalog.standards import StandardItem, build_standard, mapping_problem
@@ -65,7 +66,8 @@ class CatalogService:
         known = ", ".join(i.code for i, _ in self.tables.standards()) or "none yet"
         raise UserError(
             f"standard item {code!r} is not known at node {self.config.code} "
-            f"(known: {known}); standard items arrive from the parent while it is connected"
+            f"(known: {known}); items arrive from the parent while it is connected, and one "
+            "withdrawn above is gone: drop the mapping with `--provides ''`"
         )
 
     def _check_mapping(self, entry: Entry, code: str) -> None:
@@ -91,17 +93,18 @@ class CatalogService:
         source: str,
         actor: str,
         publish: bool = False,
-        from_flags: bool = False,
+        fill_defaults: bool = False,
     ) -> list[dict[str, Any]]:
         """Register new resources as drafts (all or none), optionally publishing them.
 
-        An entry given by command flags may leave out the department (the node's
-        configured default) and the fields (every attribute of its entity).
+        With `fill_defaults` (entries from flags or a foreign file) an entry may leave
+        out the department (the node's configured default) and the fields (every
+        attribute of its entity).
         """
         if not entries:
             raise UserError(f"{source}: no catalogue entries found")
-        if from_flags:
-            entries = [self._flag_defaults(raw) for raw in entries]
+        if fill_defaults:
+            entries = [self._defaults(raw) for raw in entries]
         built: list[Entry] = []
         seen: set[str] = set()
         for i, raw in enumerate(entries, start=1):
@@ -117,12 +120,29 @@ class CatalogService:
                     f"({(current or draft).status}); change it with `tongyuan catalog edit`"  # type: ignore[union-attr]
                 )
             built.append(entry)
-        self.tables.save_drafts(built, actor, "created", f"from {source}")
         if publish:
-            return [self.publish(e.code, actor) for e in built]
+            # Straight into the log, all in one transaction: no draft is left behind.
+            now = datetime.now(UTC)
+            published = [self._published(e, None, now) for e in built]
+            self.tables.write_entries(
+                published, actor, "created and published version 1", f"from {source}"
+            )
+            return [self._own(e.code) for e in built]
+        self.tables.save_drafts(built, actor, "created", f"from {source}")
         return [e.document() for e in built]
 
-    def _flag_defaults(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _published(entry: Entry, current: Entry | None, now: datetime) -> Entry:
+        """`entry` as published now; what happened since it was drafted (imports, a
+        mapping) is kept from the current version."""
+        return entry.with_changes(
+            status="published",
+            published_on=now.date(),
+            published_at=now,
+            last_change_at=current.last_change_at if current else entry.last_change_at,
+        )
+
+    def _defaults(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         filled = dict(raw)
         if not filled.get("department") and self.config.department != "unspecified":
             filled["department"] = self.config.department
@@ -144,10 +164,10 @@ class CatalogService:
             base, version, action = draft, draft.version, "edited"
         elif current is None:
             raise self._unknown(code)
-        elif current.status == "retired":
-            raise UserError(f"resource {code} is retired: it keeps its history and cannot change")
         else:
             base, version, action = current, current.version + 1, "new version drafted"
+        if current is not None and current.status == "retired":
+            raise UserError(f"resource {code} is retired: it keeps its history and cannot change")
         current_fields = {f["name"]: f for f in editable_fields(base).get("fields", [])}
         changes = dict(changes)
         if isinstance(changes.get("fields"), str):
@@ -158,31 +178,25 @@ class CatalogService:
                 for f in changes["fields"]
             ]
         merged = {**editable_fields(base), **changes}
-        entry = self._build(merged, source).with_changes(
-            version=version, published_on=base.published_on, last_change_at=base.last_change_at
-        )
+        entry = self._build(merged, source).with_changes(version=version)
         self.tables.save_drafts([entry], actor, action, f"from {source}")
         return entry.document()
 
     def publish(self, code: str, actor: str) -> dict[str, Any]:
         draft, current = self._current(code)
+        if current is not None and current.status == "retired":
+            raise UserError(f"resource {code} is retired and cannot be published again")
         if draft is None:
-            if current is not None and current.status == "published":
+            if current is not None:
                 raise UserError(
                     f"resource {code} version {current.version} is already published; "
                     "`tongyuan catalog edit` drafts a new version"
                 )
-            if current is not None:
-                raise UserError(f"resource {code} is retired and cannot be published again")
             raise self._unknown(code)
         # Re-check against today's model and standard items: they may have changed.
-        entry = self._build(editable_fields(draft), f"resource {code}").with_changes(
-            version=draft.version,
-            status="published",
-            published_on=datetime.now(UTC).date(),
-            last_change_at=draft.last_change_at,
-        )
-        self.tables.write_entry(entry, actor, f"published version {entry.version}")
+        entry = self._build(editable_fields(draft), "publish").with_changes(version=draft.version)
+        published = self._published(entry, current, datetime.now(UTC))
+        self.tables.write_entries([published], actor, f"published version {entry.version}")
         return self._own(code)
 
     def retire(self, code: str, actor: str, reason: str = "") -> dict[str, Any]:
@@ -194,7 +208,10 @@ class CatalogService:
             )
         if current.status == "retired":
             raise UserError(f"resource {code} is already retired")
-        self.tables.write_entry(current.with_changes(status="retired"), actor, "retired", reason)
+        # A pending draft goes too (same transaction): nothing can bring the resource back.
+        self.tables.write_entries(
+            [current.with_changes(status="retired")], actor, "retired", reason, drop_drafts=True
+        )
         return self._own(code)
 
     def remove(self, code: str, actor: str) -> dict[str, Any]:
@@ -224,14 +241,32 @@ class CatalogService:
         if standard:
             self._check_mapping(current, standard)
         action = f"maps to standard item {standard}" if standard else "mapping removed"
-        self.tables.write_entry(current.with_changes(provides=standard or ""), actor, action)
+        self.tables.write_entries([current.with_changes(provides=standard or "")], actor, action)
+        draft = self.tables.draft(code)
+        if draft is not None:  # the pending version keeps the mapping too
+            self.tables.save_drafts([draft.with_changes(provides=standard or "")], actor, action)
         return self._own(code)
 
     def import_drafts(
-        self, entries: Sequence[Mapping[str, Any]], source: str, actor: str
+        self,
+        entries: Sequence[Mapping[str, Any]],
+        source: str,
+        actor: str,
+        defaults: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Entries from an interchange file become drafts, all or none."""
-        return self.add(entries, source, actor, publish=False)
+        """Entries from an interchange file become drafts, all or none. `defaults` fill
+        what a foreign file cannot say (entity, sharing attribute, department); fields
+        then default to every attribute of the entity, as with flags."""
+        filled = [{**(defaults or {}), **raw} for raw in entries]
+        try:
+            return self.add(filled, source, actor, publish=False, fill_defaults=True)
+        except UserError as exc:
+            if "mandatory metadata missing" not in str(exc):
+                raise
+            raise UserError(
+                f"{exc} (for a file from another system, give what it cannot say: "
+                "`catalog import FILE --entity ENTITY --sharing SHARING`)"
+            ) from None
 
     # ----- reading -----------------------------------------------------------------------
 
@@ -254,7 +289,7 @@ class CatalogService:
         if doc.get("status") == "published":
             state = freshness(
                 doc["update_frequency"],
-                _parse_time(doc.get("last_change_at")),
+                _parse_time(doc.get("last_change_at")) or _parse_time(doc.get("published_at")),
                 _parse_date(doc.get("published_on")),
                 now,
             )
@@ -279,7 +314,7 @@ class CatalogService:
     def show(self, code: str) -> dict[str, Any]:
         now, tree = clock(), self.tables.tree()
         draft = self.tables.draft(code)
-        published = [d for d in self.tables.entries() if d["code"] == code]
+        published = self.tables.entries_with_code(code)
         if not published and draft is None:
             raise UserError(f"resource {code!r} is not in the catalogue known to this node")
         entry = (
@@ -309,9 +344,7 @@ class CatalogService:
 
     # ----- standard items ------------------------------------------------------------------
 
-    def standard_add(
-        self, items: Sequence[Mapping[str, Any]], source: str, actor: str
-    ) -> list[dict[str, Any]]:
+    def standard_add(self, items: Sequence[Mapping[str, Any]], source: str) -> list[dict[str, Any]]:
         """Define (or redefine) standard items for every node below this one."""
         if self.config.tier is Tier.COUNTY:
             raise UserError(
@@ -320,16 +353,17 @@ class CatalogService:
             )
         if not items:
             raise UserError(f"{source}: no standard items found")
-        built = []
+        built: list[StandardItem] = []
         for i, raw in enumerate(items, start=1):
             where = source if len(items) == 1 else f"{source} item #{i}"
             item = build_standard(
                 raw, node_code=self.config.code, entities=self.store.entities, where=where
             )
+            if any(b.code == item.code for b in built):
+                raise UserError(f"{where}: standard item {item.code} appears twice in {source}")
             previous = self.tables.own_standard(item.code)
             built.append(replace(item, version=previous.version + 1 if previous else 1))
-        for item in built:
-            self.tables.save_standard(item)
+        self.tables.save_standards(built)
         return [i.document() for i in built]
 
     def standard_withdraw(self, code: str) -> dict[str, Any]:
@@ -367,14 +401,19 @@ class CatalogService:
             if configured.code not in children.get(self.config.code, []):
                 children.setdefault(self.config.code, []).append(configured.code)
         now = clock()
+        by_code = {i.code: i for i in items}
         best: dict[tuple[str, str], str] = {}
         rank = {PROVIDED: 2, STALE_COVERAGE: 1}
         for doc in self.tables.entries():
-            if doc["status"] != "published" or not doc.get("provides"):
+            item = by_code.get(doc.get("provides") or "")
+            if doc["status"] != "published" or item is None:
                 continue
+            if mapping_problem(entry_from_document(doc), item):
+                continue  # the item was redefined and this resource no longer fits it
+            # Judged by what the item demands, not by what the resource promises.
             state = freshness(
-                doc["update_frequency"],
-                _parse_time(doc.get("last_change_at")),
+                item.update_frequency,
+                _parse_time(doc.get("last_change_at")) or _parse_time(doc.get("published_at")),
                 _parse_date(doc.get("published_on")),
                 now,
             )

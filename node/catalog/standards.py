@@ -110,6 +110,11 @@ def mapping_problem(entry: Entry, item: StandardItem) -> str | None:
             f"resource {entry.code} lacks field(s) {', '.join(lacking)} that standard item "
             f"{item.code} ({item.name}) requires; add them with `catalog edit` first"
         )
+    if FREQUENCIES[entry.update_frequency][0] > FREQUENCIES[item.update_frequency][0]:
+        return (
+            f"resource {entry.code} is updated {entry.update_frequency} but standard item "
+            f"{item.code} ({item.name}) must be updated {item.update_frequency}"
+        )
     return None
 
 

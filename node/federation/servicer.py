@@ -164,6 +164,10 @@ class FederationServicer(pb_grpc.FederationServicer):
                 )
         if digest(items) != request.digest:
             context.abort(grpc.StatusCode.DATA_LOSS, "standard items do not match their digest")
+        if not context.is_active():
+            # The parent gave up (deadline): it delivers again, and an older set must not
+            # land after a newer one.
+            context.abort(grpc.StatusCode.CANCELLED, "delivery abandoned by the parent")
         if self._store.catalog.received_digest(parent) != request.digest:
             self._store.catalog.replace_received(parent, items, request.digest)
         log.info("received %d standard items from parent %s", len(items), parent)

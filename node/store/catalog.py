@@ -21,6 +21,7 @@ import duckdb
 from node.catalog.entries import Entry, entry_from_document
 from node.catalog.standards import StandardItem, digest, standard_from_document
 from node.entities import Column, Entity
+from node.errors import UserError
 from node.store.schema import entity_table, stored_columns
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ CATALOG = Entity(
             ("version", "integer"),
             ("status", "string"),
             ("published_on", "date"),
+            ("published_at", "timestamp"),
             ("last_change_at", "timestamp"),
             ("updated_by", "string"),
             ("updated_at", "timestamp"),
@@ -74,7 +76,7 @@ NODES = Entity(
 )
 INTERNAL_ENTITIES: tuple[Entity, ...] = (CATALOG, NODES)
 _JSON_COLUMNS = ("fields", "keywords")
-_TIME_COLUMNS = ("last_change_at", "updated_at")
+_TIME_COLUMNS = ("published_at", "last_change_at", "updated_at")
 
 
 def _utc_naive(value: datetime | None) -> datetime | None:
@@ -150,10 +152,12 @@ class CatalogStore:
         )
         deleted = values is None
         row = values or [key if c.name == entity.key else None for c in entity.columns]
-        placeholders = ", ".join("?" for _ in range(len(entity.columns) + 9))
+        lineage = [deleted, self.node_code, seq, department, None, now, None]
+        local = [seq, self.node_code, now]
+        placeholders = ", ".join("?" for _ in range(len(row) + len(lineage) + len(local)))
         cur.execute(
             f"INSERT INTO {table} ({stored_columns(entity)}) VALUES ({placeholders})",
-            [*row, deleted, self.node_code, seq, department, None, now, seq, self.node_code, now],
+            [*row, *lineage, *local],
         )
         return seq
 
@@ -212,23 +216,36 @@ class CatalogStore:
 
     # ----- published entries (in the log) --------------------------------------------------
 
-    def write_entry(self, entry: Entry, actor: str, action: str, note: str = "") -> int:
-        """Record a published or retired version of one of this node's entries; the draft
-        it came from (same code and version) goes in the same transaction."""
+    def write_entries(
+        self,
+        entries: Sequence[Entry],
+        actor: str,
+        action: str,
+        note: str = "",
+        *,
+        drop_drafts: bool = False,
+    ) -> None:
+        """Record published or retired versions of this node's entries, in one
+        transaction; the drafts they came from (same version; any, with `drop_drafts`) go
+        in the same transaction."""
         now = datetime.now(UTC)
-        stamped = entry.with_changes(updated_by=actor, updated_at=now)
         publication = self._store.publication()
         with self._db.write(on_commit=publication.fire) as cur:
-            seq = self._log_write(
-                cur, CATALOG, entry.code, _entry_row(stamped), entry.department, now
-            )
-            cur.execute(
-                "DELETE FROM tongyuan.catalog_drafts WHERE code = ? AND version = ?",
-                [entry.code, entry.version],
-            )
-            self._history(cur, entry.code, entry.version, action, actor, now, note)
+            seq = 0
+            for entry in entries:
+                stamped = entry.with_changes(updated_by=actor, updated_at=now)
+                seq = self._log_write(
+                    cur, CATALOG, entry.code, _entry_row(stamped), entry.department, now
+                )
+                if drop_drafts:
+                    cur.execute("DELETE FROM tongyuan.catalog_drafts WHERE code = ?", [entry.code])
+                else:
+                    cur.execute(
+                        "DELETE FROM tongyuan.catalog_drafts WHERE code = ? AND version = ?",
+                        [entry.code, entry.version],
+                    )
+                self._history(cur, entry.code, entry.version, action, actor, now, note)
             publication.set(seq, [CATALOG.name])
-        return seq
 
     def remove_entry(self, code: str, version: int, actor: str, note: str = "") -> int:
         """Remove one of this node's entries: a tombstone tells every tier above."""
@@ -240,6 +257,20 @@ class CatalogStore:
             self._history(cur, code, version, "removed", actor, now, note)
             publication.set(seq, [CATALOG.name])
         return seq
+
+    def check_importable(self, cur: duckdb.DuckDBPyConnection, code: str) -> None:
+        """Inside an ingest's transaction: the resource is still published (it may have
+        been retired or removed while the file was being read)."""
+        row = cur.execute(
+            f"SELECT status FROM {entity_table(CATALOG)} "
+            "WHERE origin_node = ? AND code = ? AND NOT _deleted",
+            [self.node_code, code],
+        ).fetchone()
+        if row is None or row[0] != "published":
+            state = "removed" if row is None else str(row[0])
+            raise UserError(
+                f"resource {code} was {state} while the file was being read; nothing imported"
+            )
 
     def touch_entry(
         self, cur: duckdb.DuckDBPyConnection, code: str, seq: int, now: datetime
@@ -257,6 +288,9 @@ class CatalogStore:
         docs = self._select("origin_node = ? AND code = ?", [self.node_code, code])
         return entry_from_document(docs[0]) if docs else None
 
+    def entries_with_code(self, code: str) -> list[dict[str, Any]]:
+        return self._select("code = ?", [code])
+
     def entries(self, origin: str | None = None) -> list[dict[str, Any]]:
         """Published and retired entries, this node's and its subtree's, as documents."""
         if origin is None:
@@ -266,9 +300,14 @@ class CatalogStore:
     def search(self, terms: Sequence[str]) -> list[dict[str, Any]]:
         """Entries whose text (name, summary, fields and their descriptions, departments,
         keywords, code) contains every term, case-insensitively; Chinese text included."""
+        # Field names and descriptions only, not the JSON around them ("name", "type").
+        field_text = (
+            "array_to_string(regexp_extract_all(fields, "
+            '\'"(?:name|description)": "((?:[^"\\\\]|\\\\.)*)"\', 1), \' \')'
+        )
         haystack = (
             "lower(concat_ws(' ', code, name, summary, department, source_department, "
-            "entity, fields, keywords, provides))"
+            f"entity, {field_text}, keywords, provides))"
         )
         where = " AND ".join(f"contains({haystack}, lower(?))" for _ in terms) or "true"
         return self._select(where, list(terms))
@@ -317,7 +356,8 @@ class CatalogStore:
     # ----- the node tree (in the log) ---------------------------------------------------
 
     def record_children(self, children: Iterable[tuple[str, str, str]]) -> None:
-        """Record (code, name, tier) of this node's children where not yet recorded as is."""
+        """Make the node tree list exactly these children (code, name, tier): new or
+        changed ones are recorded, ones no longer configured are removed."""
         now = datetime.now(UTC)
         wanted = {code: (name, tier) for code, name, tier in children}
         publication = self._store.publication()
@@ -335,6 +375,8 @@ class CatalogStore:
                 if have.get(code) != (name, tier):
                     row = [code, self.node_code, name, tier]
                     seq = self._log_write(cur, NODES, code, row, None, now)
+            for code in sorted(set(have) - set(wanted)):
+                seq = self._log_write(cur, NODES, code, None, None, now)
             if seq:
                 publication.set(seq, [NODES.name])
 
@@ -362,10 +404,18 @@ class CatalogStore:
 
     # ----- standard items (downward) ------------------------------------------------------
 
-    def save_standard(self, item: StandardItem) -> None:
-        self._replace_standards(
-            "origin_node = ? AND code = ?", [item.origin_node, item.code], [item], None
-        )
+    def save_standards(self, items: Sequence[StandardItem]) -> None:
+        """Define or redefine this node's own standard items, all in one transaction."""
+        now = datetime.now(UTC)
+        with self._db.write() as cur:
+            for item in items:
+                cur.execute(
+                    "DELETE FROM tongyuan.standard_items WHERE origin_node = ? AND code = ? "
+                    "AND received_from IS NULL",
+                    [item.origin_node, item.code],
+                )
+                self._insert_standard(cur, item, None, now)
+        self.standards_generation += 1
 
     def withdraw_standard(self, code: str) -> bool:
         with self._db.write() as cur:
@@ -397,39 +447,39 @@ class CatalogStore:
         return digest(items), items
 
     def replace_received(self, parent: str, items: Sequence[StandardItem], received: str) -> None:
-        """Take a parent's whole set in one transaction (items it withdrew go too)."""
-        self._replace_standards("received_from = ?", [parent], items, parent, received)
+        """Take the parent's whole set in one transaction: items it withdrew go, and so
+        does whatever a former parent delivered (a node has one parent at a time)."""
+        self._replace_standards(items, parent, received)
 
-    def _replace_standards(
-        self,
-        where: str,
-        params: list[Any],
-        items: Sequence[StandardItem],
-        parent: str | None,
-        received: str | None = None,
-    ) -> None:
+    def _replace_standards(self, items: Sequence[StandardItem], parent: str, received: str) -> None:
         now = datetime.now(UTC)
         with self._db.write() as cur:
-            cur.execute(f"DELETE FROM tongyuan.standard_items WHERE {where}", params)
+            cur.execute("DELETE FROM tongyuan.standard_items WHERE received_from IS NOT NULL")
             for item in items:
-                cur.execute(
-                    "INSERT INTO tongyuan.standard_items VALUES (?, ?, ?, ?, ?)",
-                    [
-                        item.code,
-                        item.origin_node,
-                        parent,
-                        json.dumps(item.document(), ensure_ascii=False),
-                        now,
-                    ],
-                )
-            if parent is not None:
-                cur.execute("DELETE FROM tongyuan.received_sets WHERE parent_code = ?", [parent])
-                cur.execute(
-                    "INSERT INTO tongyuan.received_sets VALUES (?, ?, ?)", [parent, received, now]
-                )
+                self._insert_standard(cur, item, parent, now)
+            cur.execute("DELETE FROM tongyuan.received_sets")
+            cur.execute(
+                "INSERT INTO tongyuan.received_sets VALUES (?, ?, ?)", [parent, received, now]
+            )
         self.standards_generation += 1
 
+    @staticmethod
+    def _insert_standard(
+        cur: duckdb.DuckDBPyConnection, item: StandardItem, parent: str | None, now: datetime
+    ) -> None:
+        cur.execute(
+            "INSERT INTO tongyuan.standard_items VALUES (?, ?, ?, ?, ?)",
+            [
+                item.code,
+                item.origin_node,
+                parent,
+                json.dumps(item.document(), ensure_ascii=False),
+                now,
+            ],
+        )
+
     def received_digest(self, parent: str) -> str:
+        """Digest of the set held from `parent` ("" if the set came from another node)."""
         with self._db.read() as cur:
             row = cur.execute(
                 "SELECT digest FROM tongyuan.received_sets WHERE parent_code = ?", [parent]

@@ -172,10 +172,13 @@ def ensure_entity_tables(cur: duckdb.DuckDBPyConnection, entities: Sequence[Enti
             cur.execute(
                 f"CREATE TABLE {table} ({columns}, _deleted BOOLEAN NOT NULL, "
                 "origin_node VARCHAR NOT NULL, origin_seq BIGINT NOT NULL, origin_dept VARCHAR, "
-                "origin_batch VARCHAR, origin_time TIMESTAMPTZ, _seq BIGINT NOT NULL, "
+                "origin_batch VARCHAR, origin_time TIMESTAMPTZ, origin_resource VARCHAR, "
+                "_seq BIGINT NOT NULL, "
                 "_via VARCHAR NOT NULL, _applied_at TIMESTAMPTZ NOT NULL)"
             )
         else:
+            if "origin_resource" not in existing:  # a store from before the catalogue
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN origin_resource VARCHAR")
             for column in entity.columns:
                 have = existing.get(column.name)
                 if have is None:
@@ -191,6 +194,7 @@ def ensure_entity_tables(cur: duckdb.DuckDBPyConnection, entities: Sequence[Enti
         select = ", ".join(quote(c.name) for c in entity.columns)
         cur.execute(
             f"CREATE OR REPLACE VIEW main.{quote(entity.name)} AS SELECT {select}, origin_node, "
-            "origin_seq, origin_dept, origin_batch, origin_time, _applied_at AS applied_at "
+            "origin_seq, origin_dept, origin_batch, origin_time, origin_resource, "
+            "_applied_at AS applied_at "
             f"FROM {table} WHERE NOT _deleted"
         )

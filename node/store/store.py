@@ -320,31 +320,48 @@ class Store:
         now = _now()
         publication = self.publication()
         with self.db.write(arrow={"ingest_source": src}, on_commit=publication.fire) as cur:
+            if resource is not None:
+                self.catalog.check_importable(cur, resource)
             report("validating", 0, rows)
             self._stage(cur, entity, source.column_names)
             self._validate_stage(cur, entity, source, file_label, locate)
             report("comparing", rows, rows)
+            # Only the attributes the resource carries are compared and written; the
+            # others keep what the record holds (another resource of this node may
+            # provide them).
             compare = " OR ".join(
-                f"s.{quote(c)} IS DISTINCT FROM c.{quote(c)}"
+                f"s.{quote(c)} IS DISTINCT FROM c.{quote(c)}" for c in fields if c != entity.key
+            )
+            values = ", ".join(
+                f"{'s' if c in fields else 'c'}.{quote(c)} AS {quote(c)}"
                 for c in entity.column_names
                 if c != entity.key
             )
             current = f"(SELECT * FROM {table} WHERE origin_node = ? AND NOT _deleted)"
             cur.execute(
                 "CREATE OR REPLACE TEMP TABLE ingest_delta AS "
-                f"SELECT s.*, c.{key} IS NULL AS _is_new FROM ingest_stage s "
-                f"LEFT JOIN {current} c ON s.{key} = c.{key} "
+                f"SELECT s._row, s.{key}, {values}, c.{key} IS NULL AS _is_new "
+                f"FROM ingest_stage s LEFT JOIN {current} c ON s.{key} = c.{key} "
                 f"WHERE c.{key} IS NULL OR {compare or 'false'}",
                 [origin_node],
             )
-            # A snapshot is one department's complete set: it deletes only that
-            # department's records, never another department's at the same node.
-            only_snapshot = "AND c.origin_dept = ?" if snapshot else "AND false"
+            # A snapshot is one resource's complete set: it deletes only records that
+            # resource last wrote (older records by their department), never another's.
+            if not snapshot:
+                scope, scope_params = "AND false", []
+            elif resource is not None:
+                scope = (
+                    "AND (c.origin_resource = ? "
+                    "OR (c.origin_resource IS NULL AND c.origin_dept = ?))"
+                )
+                scope_params = [resource, department]
+            else:
+                scope, scope_params = "AND c.origin_dept = ?", [department]
             cur.execute(
                 f"CREATE OR REPLACE TEMP TABLE ingest_gone AS SELECT c.{key} FROM {current} c "
                 f"WHERE NOT EXISTS (SELECT 1 FROM ingest_stage s WHERE s.{key} = c.{key}) "
-                f"{only_snapshot}",
-                [origin_node, department] if snapshot else [origin_node],
+                f"{scope}",
+                [origin_node, *scope_params],
             )
             inserted, updated = cur.execute(
                 "SELECT count(*) FILTER (_is_new), count(*) FILTER (NOT _is_new) FROM ingest_delta"
@@ -355,7 +372,9 @@ class Store:
             touch = bool(changes and resource)
             base, head = self.reserve_seqs(cur, changes + touch)
             if changes:
-                self._write_ingest(cur, entity, origin_node, department, batch_id, now, base)
+                self._write_ingest(
+                    cur, entity, origin_node, department, resource, batch_id, now, base
+                )
             if touch:
                 self.catalog.touch_entry(cur, resource, head, now)  # type: ignore[arg-type]
             n_delta = int(inserted) + int(updated)
@@ -522,6 +541,7 @@ class Store:
         entity: Entity,
         origin_node: str,
         department: str,
+        resource: str | None,
         batch_id: str,
         now: datetime,
         base: int,
@@ -538,16 +558,26 @@ class Store:
         cur.execute(
             f"INSERT INTO {table} ({stored_columns(entity)}) "
             f"SELECT {cols}, false, ?, ? + row_number() OVER (ORDER BY _row), "
-            "?, ?, ?, ? + row_number() OVER (ORDER BY _row), ?, ? FROM ingest_delta",
-            [origin_node, base, department, batch_id, now, base, origin_node, now],
+            "?, ?, ?, ?, ? + row_number() OVER (ORDER BY _row), ?, ? FROM ingest_delta",
+            [origin_node, base, department, batch_id, now, resource, base, origin_node, now],
         )
         (n_delta,) = cur.execute("SELECT count(*) FROM ingest_delta").fetchone()  # type: ignore[misc]
         tomb_base = base + int(n_delta)
         cur.execute(
             f"INSERT INTO {table} ({stored_columns(entity)}) "
             f"SELECT {nulls}, true, ?, ? + row_number() OVER (ORDER BY {key}), "
-            f"?, ?, ?, ? + row_number() OVER (ORDER BY {key}), ?, ? FROM ingest_gone",
-            [origin_node, tomb_base, department, batch_id, now, tomb_base, origin_node, now],
+            f"?, ?, ?, ?, ? + row_number() OVER (ORDER BY {key}), ?, ? FROM ingest_gone",
+            [
+                origin_node,
+                tomb_base,
+                department,
+                batch_id,
+                now,
+                resource,
+                tomb_base,
+                origin_node,
+                now,
+            ],
         )
 
     # ----- serving a parent ----------------------------------------------------------
