@@ -180,7 +180,7 @@ def pull(request, context):
     cur = db.cursor()
     reader = cur.sql(
         "SELECT id_number, name, sex, birth_date, phone, address, division_code, _deleted, "
-        "origin_node, origin_seq, origin_dept, origin_batch, origin_time "
+        "origin_node, origin_seq, origin_dept, origin_batch, origin_time, origin_resource "
         "FROM tongyuan.rows_person").to_arrow_reader(batch)
     for rb in reader:
         sink = pa.BufferOutputStream()
@@ -228,7 +228,7 @@ def raw_ceiling_once(
             "CREATE TABLE person (id_number VARCHAR, name VARCHAR, sex VARCHAR, birth_date DATE, "
             "phone VARCHAR, address VARCHAR, division_code VARCHAR, _deleted BOOLEAN, "
             "origin_node VARCHAR, origin_seq BIGINT, origin_dept VARCHAR, origin_batch VARCHAR, "
-            "origin_time TIMESTAMPTZ)"
+            "origin_time TIMESTAMPTZ, origin_resource VARCHAR)"
         )
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_MESSAGE_OPTIONS) as channel:
             pull = channel.unary_stream("/raw.Raw/Pull")

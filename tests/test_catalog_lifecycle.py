@@ -309,3 +309,19 @@ def test_a_foreign_dcat_file_imports_once_told_what_only_tongyuan_records(
     assert draft["update_frequency"] == "monthly" and draft["status"] == "draft"
     # Fields default to every attribute of the entity, as with command flags.
     assert tuple(f["name"] for f in draft["fields"]) == PERSON.column_names
+
+
+def test_a_stream_of_imports_stamps_the_resource_at_most_once_a_minute(
+    api: NodeAPI, tmp_path: Path
+) -> None:
+    """Each stamp is a change every tier applies; one a minute keeps freshness exact
+    enough (periods are minutes at least) without doubling small imports' latency."""
+    add(api, "320102-A", "id_number,name", "公安局")
+    api.ingest("320102-A", csv_file(tmp_path / "1.csv", "id_number,name", "11,张三"))
+    stamped = entry(api, "320102-A")["last_change_at"]
+    version = "SELECT _seq FROM tongyuan.rows_catalog"  # the entry's place in the log
+    before = api.query(version).to_pylist()
+    api.ingest("320102-A", csv_file(tmp_path / "2.csv", "id_number,name", "11,张叁"))
+    assert entry(api, "320102-A")["last_change_at"] == stamped
+    assert api.query(version).to_pylist() == before, "no second version of the entry"
+    assert api.query("SELECT name FROM person").to_pylist() == [{"name": "张叁"}]

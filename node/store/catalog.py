@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -76,6 +76,8 @@ NODES = Entity(
 )
 INTERNAL_ENTITIES: tuple[Entity, ...] = (CATALOG, NODES)
 _JSON_COLUMNS = ("fields", "keywords")
+# A resource's last change is stamped on its entry at most this often (see touch_entry).
+FRESHNESS_STAMP_INTERVAL = timedelta(seconds=60)
 _TIME_COLUMNS = ("published_at", "last_change_at", "updated_at")
 
 
@@ -274,14 +276,28 @@ class CatalogStore:
 
     def touch_entry(
         self, cur: duckdb.DuckDBPyConnection, code: str, seq: int, now: datetime
-    ) -> None:
-        """Inside an ingest: the resource's last effective change is now (a new version of
-        its entry, so freshness travels upward with the data)."""
-        cur.execute(
+    ) -> bool:
+        """Inside an ingest: the resource's last effective change is now, recorded as a
+        new version of its entry so freshness travels upward with the data. At most one
+        stamp a minute: each stamp is one more change every tier applies, which would
+        double the latency of a stream of small imports, and freshness periods are
+        minutes at the least (an unused sequence number is a gap the log allows)."""
+        row = cur.execute(
             f"UPDATE {entity_table(CATALOG)} SET last_change_at = ?, _seq = ?, origin_seq = ?, "
-            "origin_time = ?, _applied_at = ? WHERE origin_node = ? AND code = ? AND NOT _deleted",
-            [_utc_naive(now), seq, seq, now, now, self.node_code, code],
-        )
+            "origin_time = ?, _applied_at = ? WHERE origin_node = ? AND code = ? AND NOT _deleted "
+            "AND (last_change_at IS NULL OR last_change_at <= ?)",
+            [
+                _utc_naive(now),
+                seq,
+                seq,
+                now,
+                now,
+                self.node_code,
+                code,
+                _utc_naive(now - FRESHNESS_STAMP_INTERVAL),
+            ],
+        ).fetchone()
+        return bool(row and row[0])
 
     def own_entry(self, code: str) -> Entry | None:
         """This node's published or retired entry `code`."""

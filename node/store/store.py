@@ -375,8 +375,7 @@ class Store:
                 self._write_ingest(
                     cur, entity, origin_node, department, resource, batch_id, now, base
                 )
-            if touch:
-                self.catalog.touch_entry(cur, resource, head, now)  # type: ignore[arg-type]
+            stamped = touch and self.catalog.touch_entry(cur, resource, head, now)  # type: ignore[arg-type]
             n_delta = int(inserted) + int(updated)
             result = IngestResult(
                 batch_id=batch_id,
@@ -414,7 +413,7 @@ class Store:
             report("applying", changes, changes)
             for temp in ("ingest_stage", "ingest_delta", "ingest_gone"):
                 cur.execute(f"DROP TABLE {temp}")
-            changed = [entity.name, "catalog"] if touch else [entity.name]
+            changed = [entity.name, "catalog"] if stamped else [entity.name]
             publication.set(head, changed if changes else [])
         return result
 
