@@ -38,6 +38,17 @@ def _parse_date(value: str | None) -> date | None:
     return date.fromisoformat(value) if value else None
 
 
+def _freshness_of(doc: Mapping[str, Any], frequency: str, now: datetime) -> str | None:
+    """An entry document's freshness against `frequency`: from its last change, else
+    from its publication."""
+    return freshness(
+        frequency,
+        _parse_time(doc.get("last_change_at")) or _parse_time(doc.get("published_at")),
+        _parse_date(doc.get("published_on")),
+        now,
+    )
+
+
 class CatalogService:
     def __init__(self, config: NodeConfig, store: Store) -> None:
         self.config = config
@@ -287,12 +298,7 @@ class CatalogService:
     ) -> dict[str, Any]:
         state = None
         if doc.get("status") == "published":
-            state = freshness(
-                doc["update_frequency"],
-                _parse_time(doc.get("last_change_at")) or _parse_time(doc.get("published_at")),
-                _parse_date(doc.get("published_on")),
-                now,
-            )
+            state = _freshness_of(doc, doc["update_frequency"], now)
         origin = doc.get("origin_node", self.config.code)
         return {**doc, "freshness": state, "path": self._path(origin, tree)}
 
@@ -411,12 +417,7 @@ class CatalogService:
             if mapping_problem(entry_from_document(doc), item):
                 continue  # the item was redefined and this resource no longer fits it
             # Judged by what the item demands, not by what the resource promises.
-            state = freshness(
-                item.update_frequency,
-                _parse_time(doc.get("last_change_at")) or _parse_time(doc.get("published_at")),
-                _parse_date(doc.get("published_on")),
-                now,
-            )
+            state = _freshness_of(doc, item.update_frequency, now)
             cell = PROVIDED if state == "fresh" else STALE_COVERAGE
             key = (doc["origin_node"], doc["provides"])
             if rank[cell] > rank.get(best.get(key, ""), 0):
