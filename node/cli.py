@@ -3,7 +3,6 @@ a user's mistake becomes one line on stderr and a non-zero exit, never a traceba
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -93,20 +92,30 @@ def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
 
 
 @cli.command()
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING.")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Least severe level logged.",
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line (ts, level, logger, msg, node, child, parent, batch).",
+)
 @click.pass_context
 @user_errors
-def serve(ctx: click.Context, log_level: str) -> None:
-    """Run the node: federation and admin gRPC services, health, scheduler."""
+def serve(ctx: click.Context, log_level: str, log_format: str) -> None:
+    """Run the node: federation and admin gRPC services, health, metrics and status page
+    over HTTP, scheduler."""
+    from node.observe.logs import configure_logging
     from node.server import serve as run_server
 
     config = load_config(ctx.obj["dir"])
-    logging.basicConfig(
-        level=log_level.upper(),
-        format=f"%(asctime)s %(levelname)s node={config.code} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    configure_logging(log_level, log_format, config.code)
     run_server(config)
 
 

@@ -25,6 +25,7 @@ CONFIG_FILE = "tongyuan.toml"
 STORE_FILE = "store.duckdb"
 RUN_DIR = "run"
 ADMIN_FILE = "admin.json"
+HTTP_FILE = "http.json"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The read-only operator endpoint: metrics, status page, status JSON."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:0"
+    lag_sample_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     directory: Path
     code: str
@@ -65,6 +75,7 @@ class NodeConfig:
     children: tuple[Child, ...] = ()
     sync: SyncSettings = field(default_factory=SyncSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     entities: dict[str, Entity] = field(default_factory=dict)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
 
@@ -79,6 +90,10 @@ class NodeConfig:
     @property
     def admin_file(self) -> Path:
         return self.directory / RUN_DIR / ADMIN_FILE
+
+    @property
+    def http_file(self) -> Path:
+        return self.directory / RUN_DIR / HTTP_FILE
 
 
 def resolve_directory(option: str | None) -> Path:
@@ -170,6 +185,8 @@ def load_config(directory: Path) -> NodeConfig:
     ]
     listen = node.get("listen", "127.0.0.1:0")
     validate_address(str(listen), f"{path}: [node] listen")
+    http = _settings(HttpSettings, _section(doc, "http", path), path, "http")
+    validate_address(http.listen, f"{path}: [http] listen")
     return NodeConfig(
         directory=directory,
         code=code,
@@ -180,6 +197,7 @@ def load_config(directory: Path) -> NodeConfig:
         children=tuple(children),
         sync=_settings(SyncSettings, _section(doc, "sync", path), path, "sync"),
         store=_settings(StoreSettings, _section(doc, "store", path), path, "store"),
+        http=http,
         entities=entity_catalog(extra),
         catalog=_catalog_settings(_section(doc, "catalog", path), path),
     )
@@ -250,6 +268,11 @@ compact_interval_seconds = 300.0
 parent_ack_timeout_days = 30.0    # a parent silent this long no longer holds back compaction
 tombstone_min_age_hours = 24.0    # deletes are kept at least this long before compaction
 memory_limit = "1GB"
+
+[http]
+enabled = true               # read-only operator endpoint: /metrics, / (status page), /status.json
+listen = "127.0.0.1:0"       # loopback only by default; port 0 picks one (see run/http.json)
+lag_sample_seconds = 30.0    # how often each child's lag is recorded for the status page
 
 [catalog]
 # Sharing attributes as this province names them; kind: unconditional, conditional or none.

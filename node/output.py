@@ -89,6 +89,8 @@ def print_status(status: dict[str, Any]) -> None:
         f"[bold]{escape(status['name'])}[/bold]  node {status['code']}  tier {status['tier']}  "
         f"({serving} on {status['listen']})"
     )
+    if status.get("http"):
+        console.print(f"metrics and status page: http://{status['http']}/")
     console.print(f"change log head: {status['head_seq']}")
     parents = status["parents"]
     if parents:

@@ -3,13 +3,15 @@ and shuts them down in order on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent import futures
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 import grpc
@@ -30,6 +32,9 @@ from node.config import NodeConfig
 from node.errors import UserError
 from node.federation.links import ChildLink, LinkManager
 from node.federation.servicer import FederationServicer
+from node.observe.http import HttpEndpoint, Observer
+from node.observe.metrics import CONTENT_TYPE, NodeMetrics
+from node.observe.view import build_view
 from node.service import NodeService
 from node.store import Store
 from node.wire import GRPC_MESSAGE_OPTIONS
@@ -37,50 +42,118 @@ from node.wire import GRPC_MESSAGE_OPTIONS
 log = logging.getLogger(__name__)
 
 FEDERATION_SERVICE = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
+# Lag samples older than this are dropped (the status page shows the last six hours).
+LAG_SAMPLES_KEPT = timedelta(days=7)
+
+
+class StartingFederation(federation_pb2_grpc.FederationServicer):
+    """The Federation service while the store opens (and migrates): UNAVAILABLE until
+    `ready` gets the real servicer, so the port can answer health checks meanwhile."""
+
+    def __init__(self) -> None:
+        self._servicer: FederationServicer | None = None
+
+    def ready(self, servicer: FederationServicer) -> None:
+        self._servicer = servicer
+
+    def _target(self, context: grpc.ServicerContext) -> FederationServicer:
+        if self._servicer is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "node is starting (opening its store)")
+        assert self._servicer is not None
+        return self._servicer
+
+    def GetInfo(
+        self, request: federation_pb2.GetInfoRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.NodeInfo:
+        return self._target(context).GetInfo(request, context)
+
+    def PullChanges(
+        self, request: federation_pb2.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[federation_pb2.ChangeBatch]:
+        return self._target(context).PullChanges(request, context)
+
+    def Acknowledge(
+        self, request: federation_pb2.AckRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.AckReply:
+        return self._target(context).Acknowledge(request, context)
+
+    def DeliverStandards(
+        self, request: federation_pb2.StandardsDelivery, context: grpc.ServicerContext
+    ) -> federation_pb2.StandardsReceipt:
+        return self._target(context).DeliverStandards(request, context)
 
 
 class NodeServer:
-    """A running node. `start()` then `wait()`; `stop()` from any thread or a signal."""
+    """A running node. `start()` then `wait()`; `stop()` from any thread or a signal.
+
+    The federation port (with health) comes up first and says NOT_SERVING while the
+    store opens and migrates; it says SERVING once `start()` has wired everything, and
+    NOT_SERVING again from the moment a stop is asked for."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.stopping = threading.Event()
         self.serve_lock = ServeLock(config.admin_file.parent)
+        self.http: HttpEndpoint | None = None
+        try:
+            self._open_health()
+        except BaseException:
+            self.serve_lock.release()
+            raise
         try:
             self.store = Store.open(
                 config.store_path, config.entities, memory_limit=config.store.memory_limit
             )
         except BaseException:
+            self.federation.stop(None)
             self.serve_lock.release()
             raise
         try:
             self._wire()
         except BaseException:
+            if self.http is not None:
+                self.http.stop()
+            self.federation.stop(None)
             self.store.close()
             self.serve_lock.release()
             raise
 
-    def _wire(self) -> None:
+    def _open_health(self) -> None:
+        """Start the federation port with health NOT_SERVING, before the store opens."""
         config = self.config
         self.health = health.HealthServicer()
-        self.links = LinkManager(config, self.store)
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.federation = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="federation"),
             options=GRPC_MESSAGE_OPTIONS,
         )
+        self.starting_federation = StartingFederation()
         federation_pb2_grpc.add_FederationServicer_to_server(
-            FederationServicer(config, self.store, self.stopping), self.federation
+            self.starting_federation, self.federation
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.federation)
         reflection.enable_server_reflection(
             (FEDERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.federation
         )
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         port = self._bind(self.federation, config.listen)
         host = config.listen.rpartition(":")[0]
         self.listen = f"{host}:{port}"
-        self.service = NodeService(config, self.store, self.links, listen=self.listen)
+        self.federation.start()
+
+    def _wire(self) -> None:
+        config = self.config
+        self.links = LinkManager(config, self.store)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.federation_servicer = FederationServicer(config, self.store, self.stopping)
+        if config.http.enabled:
+            self.http = HttpEndpoint(config.http.listen)
+        self.service = NodeService(
+            config,
+            self.store,
+            self.links,
+            listen=self.listen,
+            http=self.http.address if self.http else None,
+        )
         self.token = new_token()
         self.admin = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="admin"),
@@ -119,7 +192,7 @@ class NodeServer:
             )
 
     def start(self) -> None:
-        self.federation.start()
+        self.starting_federation.ready(self.federation_servicer)
         self.admin.start()
         write_endpoint(
             self.config.admin_file,
@@ -152,14 +225,46 @@ class NodeServer:
         # Children configured before the node tree existed (or edited in the file) join it.
         self.service.record_children()
         self.links.start(self.config.children)
+        if self.http is not None:
+            self._start_http(self.http)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "node %s (%s, %s) serving federation on %s",
+            "node %s (%s, %s) serving federation on %s%s",
             self.config.code,
             self.config.tier.value,
             self.config.name,
             self.listen,
+            f", metrics and status page on http://{self.http.address}/" if self.http else "",
         )
+
+    def _start_http(self, http: HttpEndpoint) -> None:
+        """Serve metrics and the status page; sample lag now (the page has a point at
+        once) and then on a timer."""
+        metrics = NodeMetrics(self.service)
+        http.start(
+            Observer(
+                metrics=lambda: (metrics.render(), CONTENT_TYPE),
+                view_json=lambda: json.dumps(build_view(self.service), ensure_ascii=False).encode(),
+                view=lambda: build_view(self.service),
+            )
+        )
+        self._sample_lag()
+        self.scheduler.add_job(
+            self._sample_lag,
+            "interval",
+            seconds=self.config.http.lag_sample_seconds,
+            id="lag-sample",
+            max_instances=1,
+            coalesce=True,
+        )
+        run_file = self.config.http_file
+        run_file.write_text(json.dumps({"address": http.address}) + "\n", encoding="utf-8")
+
+    def _sample_lag(self) -> None:
+        """Record every child's lag; drop samples older than a week."""
+        now = datetime.now(UTC)
+        samples = [(c["code"], c["lag"], c["lag_seconds"]) for c in self.service.list_children()]
+        self.store.record_lag_samples(now, samples, keep_since=now - LAG_SAMPLES_KEPT)
 
     def _compact(self) -> None:
         settings = self.config.store
@@ -171,6 +276,8 @@ class NodeServer:
             log.info("compacted %d acknowledged tombstones", removed)
 
     def stop(self) -> None:
+        # First of all, health checks and load balancers hear the node is going.
+        self.health.enter_graceful_shutdown()
         self.stopping.set()
 
     def wait(self) -> None:
@@ -178,8 +285,11 @@ class NodeServer:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        self.health.enter_graceful_shutdown()  # NOT_SERVING, and no later change
         log.info("node %s shutting down", self.config.code)
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.http is not None:
+            self.http.stop()
+            self.config.http_file.unlink(missing_ok=True)
         self.store.db.notify_head()  # subscribe streams see `stopping` now, not at a heartbeat
         self.links.stop()
         self.scheduler.shutdown(wait=True)

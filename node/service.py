@@ -59,6 +59,7 @@ class NodeService:
         store: Store,
         links: LinkManager | None = None,
         listen: str | None = None,
+        http: str | None = None,
     ) -> None:
         identity = store.identity()
         if identity.code != config.code:
@@ -70,6 +71,7 @@ class NodeService:
         self.store = store
         self.links = links
         self.listen = listen
+        self.http = http  # the operator HTTP endpoint's bound address, when serving one
         self._children: dict[str, Child] = {c.code: c for c in config.children}
         self.catalog = CatalogService(config, store)
         # Operations reached by name through `call` (the admin API's generic method).
@@ -287,6 +289,7 @@ class NodeService:
             "node_id": identity.node_id,
             "serving": self.serving,
             "listen": self.listen or self.config.listen,
+            "http": self.http,
             "head_seq": self.store.head_seq,
             "parents": [
                 {

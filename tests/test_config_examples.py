@@ -14,6 +14,7 @@ from node.catalog.entries import CatalogSettings
 from node.config import (
     CONFIG_FILE,
     Child,
+    HttpSettings,
     StoreSettings,
     SyncSettings,
     delete_child,
@@ -57,6 +58,8 @@ def test_example_loads(example: str, tmp_path: Path) -> None:
     assert set(config.entities) == {"person", "legal_entity"}
     # The examples spell out the national defaults, so they load to exactly those.
     assert config.catalog == CatalogSettings()
+    # The operator endpoint stays on loopback, at a fixed port Prometheus can be pointed at.
+    assert config.http == HttpSettings(listen="127.0.0.1:9400")
 
 
 @pytest.mark.parametrize("example", sorted(EXPECTED))
@@ -68,6 +71,7 @@ def test_example_sets_every_setting(example: str) -> None:
     for section, cls in (
         ("sync", SyncSettings),
         ("store", StoreSettings),
+        ("http", HttpSettings),
         ("catalog", CatalogSettings),
     ):
         assert set(doc[section]) == {f.name for f in dataclasses.fields(cls)}, section

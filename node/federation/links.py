@@ -43,6 +43,8 @@ class LinkStatus:
     child_head: int | None
     last_heartbeat: float | None
     error: str | None
+    # Failed sessions (connect, identity check, stream or apply) since this node started.
+    pull_errors: int = 0
 
 
 class ChildLink:
@@ -69,6 +71,9 @@ class ChildLink:
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
         self.error: str | None = None
+        self.pull_errors = 0
+        # Structured-log fields of every line about this link.
+        self._log = {"child": child.code}
         store.ensure_link(child.code)
 
     # ----- control -----------------------------------------------------------------
@@ -99,6 +104,7 @@ class ChildLink:
             child_head=self.child_head,
             last_heartbeat=self.last_heartbeat,
             error=self.error,
+            pull_errors=self.pull_errors,
         )
 
     # ----- pulling -----------------------------------------------------------------
@@ -173,7 +179,7 @@ class ChildLink:
             self._failed(exc)
             return False
         except Exception as exc:  # a link must outlive any one bad session
-            log.exception("child %s: pull failed unexpectedly", self.child.code)
+            log.exception("child %s: pull failed unexpectedly", self.child.code, extra=self._log)
             self._failed(exc)
             return False
         finally:
@@ -222,13 +228,21 @@ class ChildLink:
                     ),
                     timeout=10,
                 )
-                log.info("child %s: delivered %d standard items", self.child.code, len(items))
+                log.info(
+                    "child %s: delivered %d standard items",
+                    self.child.code,
+                    len(items),
+                    extra=self._log,
+                )
             self._delivered_generation = generation
         except grpc.RpcError as exc:
             # Retried at the next connection or after a pause; data keeps flowing.
             self._next_delivery = time.monotonic() + 30
             log.warning(
-                "child %s: delivering standard items failed: %s", self.child.code, _describe(exc)
+                "child %s: delivering standard items failed: %s",
+                self.child.code,
+                _describe(exc),
+                extra=self._log,
             )
 
     @staticmethod
@@ -302,6 +316,10 @@ class ChildLink:
                     result.applied,
                     result.received,
                     result.checkpoint,
+                    extra={
+                        **self._log,
+                        "batch": {"after_seq": group[0].after_seq, "last_seq": last.last_seq},
+                    },
                 )
         self._acknowledge(force=False)
 
@@ -324,7 +342,12 @@ class ChildLink:
             self._acked = link.checkpoint
             self._last_ack_sent = now
         except grpc.RpcError as exc:
-            log.debug("child %s: acknowledge failed: %s", self.child.code, _describe(exc))
+            log.debug(
+                "child %s: acknowledge failed: %s",
+                self.child.code,
+                _describe(exc),
+                extra=self._log,
+            )
         self._last_ack = now
 
     def _failed(self, exc: BaseException) -> None:
@@ -334,11 +357,12 @@ class ChildLink:
         changed = message != self.error
         self.state = "down"
         self.error = message
+        self.pull_errors += 1
         if not isinstance(exc, grpc.RpcError):
-            log.warning("child %s: %s", self.child.code, message)
+            log.warning("child %s: %s", self.child.code, message, extra=self._log)
             self._store.record_link_error(self.child.code, message)
         elif changed:
-            log.info("child %s unreachable: %s", self.child.code, message)
+            log.info("child %s unreachable: %s", self.child.code, message, extra=self._log)
 
 
 def _describe(exc: BaseException) -> str:

@@ -113,6 +113,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             after,
             request.follow,
             head,
+            extra={"parent": request.parent_code},
         )
         while context.is_active() and not self._stopping.is_set():
             window = self._store.read_window(after, window_size)
@@ -170,5 +171,10 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(grpc.StatusCode.CANCELLED, "delivery abandoned by the parent")
         if self._store.catalog.received_digest(parent) != request.digest:
             self._store.catalog.replace_received(parent, items, request.digest)
-        log.info("received %d standard items from parent %s", len(items), parent)
+        log.info(
+            "received %d standard items from parent %s",
+            len(items),
+            parent,
+            extra={"parent": parent},
+        )
         return pb.StandardsReceipt(digest=request.digest, items=len(items))

@@ -102,6 +102,18 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0004_lag_samples",
+        # Each child's lag, sampled on a timer, so operators see its recent course.
+        (
+            """CREATE TABLE tongyuan.lag_samples (
+                child_code VARCHAR NOT NULL,
+                sampled_at TIMESTAMPTZ NOT NULL,
+                lag_seq BIGINT,
+                lag_seconds DOUBLE
+            )""",
+        ),
+    ),
 )
 
 

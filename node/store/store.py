@@ -865,6 +865,48 @@ class Store:
             cur.execute("DROP TABLE apply_newest")
         return int(inserted)
 
+    # ----- observation -----------------------------------------------------------------
+
+    def record_lag_samples(
+        self,
+        sampled_at: datetime,
+        samples: Sequence[tuple[str, int | None, float | None]],
+        keep_since: datetime,
+    ) -> None:
+        """Record each child's lag (child, sequences, seconds) at one moment and drop
+        samples older than `keep_since`, in one transaction."""
+        table = pa.table(
+            {
+                "child_code": pa.array([s[0] for s in samples], pa.string()),
+                "lag_seq": pa.array([s[1] for s in samples], pa.int64()),
+                "lag_seconds": pa.array([s[2] for s in samples], pa.float64()),
+            }
+        )
+        with self.db.write(arrow={"incoming_lag": table}) as cur:
+            if samples:
+                cur.execute(
+                    "INSERT INTO tongyuan.lag_samples "
+                    "SELECT child_code, ?, lag_seq, lag_seconds FROM incoming_lag",
+                    [sampled_at],
+                )
+            cur.execute("DELETE FROM tongyuan.lag_samples WHERE sampled_at < ?", [keep_since])
+
+    def lag_history(
+        self, since: datetime
+    ) -> dict[str, list[tuple[float, int | None, float | None]]]:
+        """Lag samples since `since` per child, oldest first: (unix seconds, sequences,
+        seconds)."""
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT child_code, epoch(sampled_at), lag_seq, lag_seconds "
+                "FROM tongyuan.lag_samples WHERE sampled_at >= ? ORDER BY child_code, sampled_at",
+                [since],
+            ).fetchall()
+        history: dict[str, list[tuple[float, int | None, float | None]]] = {}
+        for child, at, lag_seq, lag_seconds in rows:
+            history.setdefault(str(child), []).append((float(at), lag_seq, lag_seconds))
+        return history
+
     # ----- reading -------------------------------------------------------------------
 
     def entity_counts(self) -> dict[str, dict[str, Any]]:

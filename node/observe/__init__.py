@@ -1,0 +1,1 @@
+"""What operators watch: Prometheus metrics, the status page and its JSON, structured logs."""
