@@ -427,8 +427,11 @@ def test_a_serving_city_shows_its_real_children_in_chromium(
     down_top, down_span = box(image, STATE_COLOURS["down"])
     assert node_top < streaming_top and abs(streaming_top - down_top) <= 2
     assert streaming_span[1] < down_span[0], "320102 is drawn left of 320104"
+    # Both children usually sit at lag 0, so their lines overlap; each colour still shows
+    # in the legend and the sample dots (the fabricated page checks the lines' extent).
     for colour in SERIES_COLOURS[:2]:
-        assert matches(image, colour).sum() > 100, f"no lag line in {colour}"
+        assert matches(image, colour).sum() > 20, f"no lag series in {colour}"
+    assert not matches(image, SERIES_COLOURS[2]).any(), "a third series appeared"
 
 
 def matches(image: np.ndarray, colour: str, tolerance: int = 6) -> np.ndarray:
