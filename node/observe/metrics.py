@@ -28,8 +28,9 @@ from node.service import NodeService
 from node.store import LinkRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Link states in which the parent is receiving the child's changes.
-UP_STATES = frozenset({"streaming", "polling"})
+# Link states in which the parent is receiving the child's changes ("idle": between
+# scheduled pulls when streams are off, the last one having succeeded).
+UP_STATES = frozenset({"streaming", "polling", "idle"})
 
 
 def _timestamp(value: str | None) -> float | None:
@@ -103,7 +104,8 @@ class NodeCollector(Collector):
         labels = ["child"]
         up = GaugeMetricFamily(
             "tongyuan_child_up",
-            "1 while the link receives the child's changes (streaming or polling), else 0.",
+            "1 while the link receives the child's changes (streaming, polling, or idle "
+            "between successful scheduled pulls), else 0.",
             labels=labels,
         )
         lag = GaugeMetricFamily(
