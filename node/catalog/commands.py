@@ -179,6 +179,22 @@ def edit(ctx: click.Context, code: str, file: Path | None, actor: str, **flags: 
     )
 
 
+def _show(
+    ctx: click.Context,
+    method: str,
+    args: dict[str, Any],
+    as_json: bool,
+    view: Callable[[Any], None],
+) -> None:
+    """A reading command: call the node, print JSON or the terminal view."""
+    with node_handle(ctx, write=False) as node:
+        answer = node.call(method, args)
+    if as_json:
+        print_json(answer)
+    else:
+        view(answer)
+
+
 def _lifecycle(ctx: click.Context, method: str, args: dict[str, Any]) -> dict[str, Any]:
     with node_handle(ctx, write=True) as node:
         return dict(node.call(method, args))
@@ -245,12 +261,7 @@ def map_standard(
 @user_errors
 def show(ctx: click.Context, code: str, as_json: bool) -> None:
     """One resource: its metadata, fields, freshness, node path and history."""
-    with node_handle(ctx, write=False) as node:
-        shown = node.call("catalog.show", {"code": code})
-    if as_json:
-        print_json(shown)
-    else:
-        print_entry(shown)
+    _show(ctx, "catalog.show", {"code": code}, as_json, print_entry)
 
 
 @catalog.command("list")
@@ -261,12 +272,7 @@ def show(ctx: click.Context, code: str, as_json: bool) -> None:
 @user_errors
 def list_entries(ctx: click.Context, origin: str | None, status: str | None, as_json: bool) -> None:
     """This node's and its subtree's resources, with freshness."""
-    with node_handle(ctx, write=False) as node:
-        entries = node.call("catalog.list", {"node": origin, "status": status})
-    if as_json:
-        print_json(entries)
-    else:
-        print_entries(entries)
+    _show(ctx, "catalog.list", {"node": origin, "status": status}, as_json, print_entries)
 
 
 @catalog.command("search")
@@ -276,12 +282,7 @@ def list_entries(ctx: click.Context, origin: str | None, status: str | None, as_
 @user_errors
 def search(ctx: click.Context, text: tuple[str, ...], as_json: bool) -> None:
     """Find resources in the subtree by words in their name, summary, fields or department."""
-    with node_handle(ctx, write=False) as node:
-        hits = node.call("catalog.search", {"text": " ".join(text)})
-    if as_json:
-        print_json(hits)
-    else:
-        print_entries(hits)
+    _show(ctx, "catalog.search", {"text": " ".join(text)}, as_json, print_entries)
 
 
 @catalog.command("coverage")
@@ -290,12 +291,7 @@ def search(ctx: click.Context, text: tuple[str, ...], as_json: bool) -> None:
 @user_errors
 def coverage(ctx: click.Context, as_json: bool) -> None:
     """Nodes below × standard items: provided, stale or missing, rolled up."""
-    with node_handle(ctx, write=False) as node:
-        matrix = node.call("catalog.coverage", {})
-    if as_json:
-        print_json(matrix)
-    else:
-        print_coverage(matrix)
+    _show(ctx, "catalog.coverage", {}, as_json, print_coverage)
 
 
 @catalog.command("export")
@@ -430,12 +426,7 @@ def standard_add(ctx: click.Context, file: Path | None, **flags: Any) -> None:
 @user_errors
 def standard_list(ctx: click.Context, as_json: bool) -> None:
     """Standard items known here and which local resource provides each."""
-    with node_handle(ctx, write=False) as node:
-        items = node.call("catalog.standard_list", {})
-    if as_json:
-        print_json(items)
-    else:
-        print_standards(items)
+    _show(ctx, "catalog.standard_list", {}, as_json, print_standards)
 
 
 @standard.command("withdraw")

@@ -8,7 +8,6 @@ and reports them together, naming the file and the entry.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +45,6 @@ OPEN_ATTRIBUTES: dict[str, str] = {
     "closed": "不予开放",
 }
 SHARING_KINDS = ("unconditional", "conditional", "none")
-STATUSES = ("draft", "published", "retired")
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -380,7 +378,3 @@ def entry_from_document(doc: Mapping[str, Any]) -> Entry:
             values[key] = parse(value)
     known = {f for f in Entry.__dataclass_fields__}
     return Entry(**{k: v for k, v in values.items() if k in known})
-
-
-def fields_json(entry: Entry) -> str:
-    return json.dumps([asdict(f) for f in entry.fields], ensure_ascii=False)
