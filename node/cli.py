@@ -51,10 +51,20 @@ def cli(ctx: click.Context, directory: str | None) -> None:
     metavar="HOST:PORT",
     help="Address the parent pulls from.",
 )
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(path_type=Path),
+    help="The node's own model file (TOML or YAML); default: the shipped base model.",
+)
 @click.pass_context
 @user_errors
-def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
-    """Create a node directory: config, store with its schema, node identity."""
+def init(
+    ctx: click.Context, code: str, name: str | None, listen: str, model_file: Path | None
+) -> None:
+    """Create a node directory: config, store with its schema and model, node identity."""
+    from node.model import load_base_model
+    from node.model.files import load_model
     from node.store import Store
 
     directory: Path = ctx.obj["dir"]
@@ -62,6 +72,7 @@ def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
     if division.retired:
         raise UserError(f"division code {code} ({division.name}) is retired; use its current code")
     validate_address(listen, "--listen")
+    model = load_model(model_file) if model_file is not None else load_base_model()
     config_path, store_path = directory / CONFIG_FILE, directory / STORE_FILE
     for existing in (config_path, store_path):
         if existing.exists():
@@ -77,7 +88,7 @@ def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
     try:
         config = load_config(directory)
         Store.create(
-            store_path, code=code, name=display, tier=tier_of(code).value, entities=config.entities
+            store_path, code=code, name=display, tier=tier_of(code).value, model=model
         ).close()
     except BaseException:
         config_path.unlink(missing_ok=True)
@@ -85,7 +96,7 @@ def init(ctx: click.Context, code: str, name: str | None, listen: str) -> None:
         raise
     click.echo(
         f"initialised {config.tier.value} node {code} ({display}) in {directory}\n"
-        f"  entities: {', '.join(config.entities)}\n"
+        f"  model: {model.label()} (entities: {', '.join(e.name for e in model.entities)})\n"
         f"  next: tongyuan --dir {directory} serve, and register each department's resources "
         "with `tongyuan catalog add`"
     )
@@ -257,9 +268,14 @@ def query(ctx: click.Context, sql: str, as_json: bool) -> None:
         print_batches(node.query_batches(sql), as_json=as_json)
 
 
-from node.catalog.commands import catalog  # noqa: E402 - registers after the group exists
+# Command groups register after the group exists.
+from node.catalog.commands import catalog  # noqa: E402
+from node.model.commands import model  # noqa: E402
+from node.sources.commands import discrepancies  # noqa: E402
 
 cli.add_command(catalog)
+cli.add_command(model)
+cli.add_command(discrepancies)
 
 
 def main() -> None:

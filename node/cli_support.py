@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import getpass
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +15,7 @@ from rich.text import Text
 
 from node.client import NodeAPI, open_node
 from node.errors import UserError
-from node.output import err_console
+from node.output import err_console, print_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,3 +47,39 @@ def node_handle(ctx: click.Context, *, write: bool) -> Iterator[NodeAPI]:
         yield node
     finally:
         node.close()
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")
+
+
+def actor_option(fn: F) -> F:
+    """`--by WHO`: who makes a change, recorded in its history."""
+    return click.option(
+        "--by",
+        "actor",
+        default=_default_actor,
+        show_default="the current user",
+        help="Who makes the change (recorded in the history).",
+    )(fn)
+
+
+def call_and_print(
+    ctx: click.Context,
+    method: str,
+    args: dict[str, Any],
+    as_json: bool,
+    view: Callable[[Any], None],
+    *,
+    write: bool = False,
+) -> None:
+    """Call a named node operation, then print JSON or the terminal view."""
+    with node_handle(ctx, write=write) as node:
+        answer = node.call(method, args)
+    if as_json:
+        print_json(answer)
+    else:
+        view(answer)

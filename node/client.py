@@ -54,10 +54,7 @@ def open_node(directory: Path, *, write: bool) -> NodeAPI:
     if endpoint is not None:
         return RemoteNode(endpoint)
     store = Store.open(
-        config.store_path,
-        config.entities,
-        read_only=not write,
-        memory_limit=config.store.memory_limit,
+        config.store_path, read_only=not write, memory_limit=config.store.memory_limit
     )
     try:
         return LocalNode(config, store)

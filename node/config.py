@@ -18,7 +18,6 @@ import tomlkit
 
 from node.catalog.entries import SHARING_KINDS, CatalogSettings, SharingAttribute
 from node.divisions import Tier, lookup_division, tier_of
-from node.entities import Entity, entity_catalog, entity_from_config
 from node.errors import ConfigError, UserError
 
 CONFIG_FILE = "tongyuan.toml"
@@ -52,6 +51,8 @@ class StoreSettings:
     compact_interval_seconds: float = 300.0
     parent_ack_timeout_days: float = 30.0
     tombstone_min_age_hours: float = 24.0
+    # How often observations are cross-checked against their sources' records.
+    crosscheck_interval_seconds: float = 1.0
     memory_limit: str = "1GB"
 
 
@@ -76,7 +77,6 @@ class NodeConfig:
     sync: SyncSettings = field(default_factory=SyncSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
-    entities: dict[str, Entity] = field(default_factory=dict)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
 
     @property
@@ -179,10 +179,12 @@ def load_config(directory: Path) -> NodeConfig:
             raise ConfigError(f"{where}: needs an address HOST:PORT")
         validate_address(address, where)
         children.append(Child(code=child["code"], address=address))
-    extra = [
-        entity_from_config(spec, f"{path}: entities #{i}")
-        for i, spec in enumerate(doc.get("entities", []), start=1)
-    ]
+    if "entities" in doc:
+        raise ConfigError(
+            f"{path}: [[entities]] is no longer read: entities live in the node's model. Put "
+            "them in a model file (start from config/base-model.toml) and run "
+            "`tongyuan model publish FILE`, then remove [[entities]] from the config"
+        )
     listen = node.get("listen", "127.0.0.1:0")
     validate_address(str(listen), f"{path}: [node] listen")
     http = _settings(HttpSettings, _section(doc, "http", path), path, "http")
@@ -198,7 +200,6 @@ def load_config(directory: Path) -> NodeConfig:
         sync=_settings(SyncSettings, _section(doc, "sync", path), path, "sync"),
         store=_settings(StoreSettings, _section(doc, "store", path), path, "store"),
         http=http,
-        entities=entity_catalog(extra),
         catalog=_catalog_settings(_section(doc, "catalog", path), path),
     )
 
@@ -267,6 +268,7 @@ checkpoint_interval_seconds = 60.0
 compact_interval_seconds = 300.0
 parent_ack_timeout_days = 30.0    # a parent silent this long no longer holds back compaction
 tombstone_min_age_hours = 24.0    # deletes are kept at least this long before compaction
+crosscheck_interval_seconds = 1.0 # observations checked against their sources this often
 memory_limit = "1GB"
 
 [http]
@@ -288,11 +290,8 @@ sensitivity_grades = ["general", "important", "core"]   # lowest first
 # code = "320102"
 # address = "10.0.0.12:7400"
 
-# Entities beyond the built-in person and legal_entity:
-# [[entities]]
-# name = "vehicle"
-# key = "plate"
-# columns = {{ plate = "string", owner_id_number = "string", registered_on = "date" }}
+# Entities, attributes and code lists are not configured here: they are the node's
+# model (`tongyuan model show`; start your own from config/base-model.toml).
 """
 
 

@@ -216,6 +216,12 @@ def is_within(code: str, ancestor: str) -> bool:
     return code == ancestor or ancestor in ancestors(code)
 
 
+def division_codes() -> list[str]:
+    """Every code of the national list, current and retired (records keep old codes)."""
+    table = _table()
+    return sorted({*table.entries, *(p + "0000" for p in table.provinces)})
+
+
 def county_codes_under(prefix_code: str) -> list[str]:
     """Current county codes under a city or province code, sorted, for fan-out and demo data.
 

@@ -1,13 +1,13 @@
-"""Entities a node holds: the two base entities every node knows, plus any a config declares.
+"""The storage shape of an entity: one table of records keyed by one column.
 
-An entity is one table of records keyed by one column. Column types are a small fixed
-vocabulary so that every tier agrees on the wire schema.
+Which entities a node holds is its model's business (`node.model`); here is only what
+the store and the wire need. Column types are a small fixed vocabulary so that every
+tier agrees on the wire schema.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -37,8 +37,8 @@ LINEAGE_COLUMNS: tuple[str, ...] = (
 )
 RESERVED_PREFIXES = ("origin_", "_")
 RESERVED_NAMES = frozenset({"applied_at", "seq"})
-# Tables the node keeps in its change log for itself (catalogue, node tree).
-INTERNAL_NAMES = frozenset({"catalog", "federation_nodes"})
+# Tables the node keeps in its change log for itself (catalogue, node tree, observations).
+INTERNAL_NAMES = frozenset({"catalog", "federation_nodes", "observations"})
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -90,47 +90,6 @@ class Entity:
         return pa.schema(fields)
 
 
-def _columns(spec: Iterable[tuple[str, str]]) -> tuple[Column, ...]:
-    return tuple(Column(name, type_) for name, type_ in spec)
-
-
-PERSON = Entity(
-    name="person",
-    key="id_number",
-    description="Natural person (自然人), keyed by citizen ID number (GB 11643).",
-    columns=_columns(
-        [
-            ("id_number", "string"),
-            ("name", "string"),
-            ("sex", "string"),
-            ("birth_date", "date"),
-            ("phone", "string"),
-            ("address", "string"),
-            ("division_code", "string"),
-        ]
-    ),
-)
-
-LEGAL_ENTITY = Entity(
-    name="legal_entity",
-    key="uscc",
-    description="Legal entity (法人), keyed by unified social credit code (GB 32100).",
-    columns=_columns(
-        [
-            ("uscc", "string"),
-            ("name", "string"),
-            ("legal_rep_id_number", "string"),
-            ("registered_on", "date"),
-            ("registered_capital", "decimal"),
-            ("address", "string"),
-            ("division_code", "string"),
-        ]
-    ),
-)
-
-BASE_ENTITIES: tuple[Entity, ...] = (PERSON, LEGAL_ENTITY)
-
-
 def _check_identifier(name: str, what: str, where: str) -> None:
     if not _IDENTIFIER.match(name):
         raise ConfigError(
@@ -139,48 +98,3 @@ def _check_identifier(name: str, what: str, where: str) -> None:
         )
     if name.startswith(RESERVED_PREFIXES) or name in RESERVED_NAMES:
         raise ConfigError(f"{where}: {what} {name!r} is reserved for lineage columns")
-
-
-def entity_from_config(spec: Mapping[str, object], where: str) -> Entity:
-    """Build an entity from a `[[entities]]` table of the config file, checking every part."""
-    name = spec.get("name")
-    key = spec.get("key")
-    columns = spec.get("columns")
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}: entity needs a string 'name'")
-    where = f"{where} entity {name!r}"
-    _check_identifier(name, "entity name", where)
-    if not isinstance(key, str):
-        raise ConfigError(f"{where}: needs a string 'key' naming its key column")
-    if not isinstance(columns, Mapping) or not columns:
-        raise ConfigError(f"{where}: needs a 'columns' table of name = type")
-    parsed: list[Column] = []
-    for col_name, col_type in columns.items():
-        _check_identifier(str(col_name), "column", where)
-        if col_type not in COLUMN_TYPES:
-            raise ConfigError(
-                f"{where}: column {col_name!r} has unknown type {col_type!r}; "
-                f"use one of {', '.join(COLUMN_TYPES)}"
-            )
-        parsed.append(Column(str(col_name), str(col_type)))
-    if key not in {c.name for c in parsed}:
-        raise ConfigError(f"{where}: key {key!r} is not one of its columns")
-    description = spec.get("description", "")
-    return Entity(name=name, key=key, columns=tuple(parsed), description=str(description))
-
-
-def entity_catalog(extra: Iterable[Entity]) -> dict[str, Entity]:
-    """The base entities plus configured ones, by name; a name may not be declared twice."""
-    result = {e.name: e for e in BASE_ENTITIES}
-    for entity in extra:
-        if entity.name in INTERNAL_NAMES:
-            raise ConfigError(
-                f"entity name {entity.name!r} is reserved for the node's own tables; "
-                "choose another name"
-            )
-        if entity.name in result:
-            raise ConfigError(
-                f"entity {entity.name!r} is declared twice (or shadows a base entity)"
-            )
-        result[entity.name] = entity
-    return result

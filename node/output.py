@@ -110,6 +110,7 @@ def print_status(status: dict[str, Any]) -> None:
         rows.add_row(Text(name), Text(str(info["rows"])), Text(by_link))
     console.print(rows)
     _print_catalog_summary(status.get("catalog"))
+    _print_model_summary(status.get("model"), status.get("discrepancies"))
     if status["children"]:
         print_children(status["children"])
 
@@ -141,6 +142,37 @@ def _print_catalog_summary(summary: dict[str, Any] | None) -> None:
         for node in summary["by_node"]:
             view.add_row(*(Text(str(node[k])) for k in ("code", "name", "fresh", "late", "stale")))
         console.print(view)
+
+
+def _print_model_summary(
+    model: dict[str, Any] | None, discrepancies: dict[str, int] | None
+) -> None:
+    """Model and one-source lines of `status`: what this node works with, what its parent
+    offers (loudly when not adopted), and open discrepancies."""
+    if model:
+        console.print(f"model: {model['active']['label']}", highlight=False)
+        offered = model.get("offered")
+        if offered and not offered["adopted"]:
+            console.print(
+                Text(
+                    f"  parent {offered['parent']} offers {offered['label']}: not adopted "
+                    "(`tongyuan model adopt --dry-run` shows the plan)",
+                    style="yellow",
+                ),
+                highlight=False,
+            )
+        differing = [c["code"] for c in model.get("children", []) if not c["same_as_ours"]]
+        if differing:
+            console.print(
+                f"  children on another model: {', '.join(differing)} (`tongyuan model calibrate`)",
+                highlight=False,
+            )
+    if discrepancies:
+        console.print(
+            f"one source: {discrepancies['observations']} observations, "
+            f"{discrepancies['open']} open discrepancies (`tongyuan discrepancies list`)",
+            highlight=False,
+        )
 
 
 def print_children(children: list[dict[str, Any]]) -> None:

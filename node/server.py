@@ -82,6 +82,21 @@ class StartingFederation(federation_pb2_grpc.FederationServicer):
     ) -> federation_pb2.StandardsReceipt:
         return self._target(context).DeliverStandards(request, context)
 
+    def GetModel(
+        self, request: federation_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.ModelDocument:
+        return self._target(context).GetModel(request, context)
+
+    def DeliverModel(
+        self, request: federation_pb2.ModelDelivery, context: grpc.ServicerContext
+    ) -> federation_pb2.ModelReceipt:
+        return self._target(context).DeliverModel(request, context)
+
+    def DeliverDiscrepancies(
+        self, request: federation_pb2.DiscrepancyDelivery, context: grpc.ServicerContext
+    ) -> federation_pb2.DiscrepancyReceipt:
+        return self._target(context).DeliverDiscrepancies(request, context)
+
 
 class NodeServer:
     """A running node. `start()` then `wait()`; `stop()` from any thread or a signal.
@@ -101,9 +116,7 @@ class NodeServer:
             self.serve_lock.release()
             raise
         try:
-            self.store = Store.open(
-                config.store_path, config.entities, memory_limit=config.store.memory_limit
-            )
+            self.store = Store.open(config.store_path, memory_limit=config.store.memory_limit)
         except BaseException:
             self.federation.stop(None)
             self.serve_lock.release()
@@ -220,6 +233,14 @@ class NodeServer:
             max_instances=1,
             coalesce=True,
         )
+        self.scheduler.add_job(
+            self._crosscheck,
+            "interval",
+            seconds=store_settings.crosscheck_interval_seconds,
+            id="crosscheck",
+            max_instances=1,
+            coalesce=True,
+        )
         self.links.on_change(self._schedule_child)
         self.scheduler.start()
         # Children configured before the node tree existed (or edited in the file) join it.
@@ -265,6 +286,11 @@ class NodeServer:
         now = datetime.now(UTC)
         samples = [(c["code"], c["lag"], c["lag_seconds"]) for c in self.service.list_children()]
         self.store.record_lag_samples(now, samples, keep_since=now - LAG_SAMPLES_KEPT)
+
+    def _crosscheck(self) -> None:
+        changed = self.store.sources.crosscheck()
+        if changed:
+            log.info("cross-check: %d discrepancies opened, changed or resolved", changed)
 
     def _compact(self) -> None:
         settings = self.config.store

@@ -16,12 +16,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from node.catalog.entries import Entry
 from node.catalog.operations import CatalogService
 from node.config import Child, NodeConfig, delete_child, save_child, validate_address
 from node.divisions import Tier, is_within, lookup_division
 from node.errors import ConfigError, UserError
 from node.federation.links import LinkManager, LinkStatus
+from node.model.operations import ModelService
 from node.readers import read_source_file
+from node.sources.operations import SourcesService
 from node.store import Store
 
 Progress = Callable[[str, int, int], None]
@@ -74,6 +77,8 @@ class NodeService:
         self.http = http  # the operator HTTP endpoint's bound address, when serving one
         self._children: dict[str, Child] = {c.code: c for c in config.children}
         self.catalog = CatalogService(config, store)
+        self.model = ModelService(config, store)
+        self.sources = SourcesService(config, store, self.catalog)
         # Operations reached by name through `call` (the admin API's generic method).
         self._operations: dict[str, Callable[..., Any]] = {
             "catalog.add": self.catalog.add,
@@ -91,6 +96,14 @@ class NodeService:
             "catalog.standard_add": self.catalog.standard_add,
             "catalog.standard_withdraw": self.catalog.standard_withdraw,
             "catalog.standard_list": self.catalog.standard_list,
+            "model.show": self.model.show,
+            "model.diff": self.model.diff,
+            "model.publish": self.model.publish,
+            "model.adopt": self.model.adopt,
+            "model.calibrate": self.model.calibrate,
+            "model.mapping": self.model.set_mapping,
+            "discrepancies.list": self.sources.list,
+            "discrepancies.resolve": self.sources.resolve,
         }
 
     @property
@@ -110,8 +123,8 @@ class NodeService:
             raise UserError(f"{method}: {exc}") from None
         return operation(**args)
 
-    def _importable(self, resource: str) -> tuple[Any, list[str], str]:
-        """The published resource an import goes into: (entity, fields, department)."""
+    def _importable(self, resource: str) -> tuple[Any, Entry]:
+        """The published resource an import goes into: (entity, entry)."""
         catalog = self.store.catalog
         entry = catalog.own_entry(resource)
         if entry is None:
@@ -128,7 +141,7 @@ class NodeService:
                 if d["status"] == "published"
             ]
             known = ", ".join(published) or "none yet; register one with `tongyuan catalog add`"
-            if resource in self.config.entities:
+            if resource in self.store.entities:
                 raise UserError(
                     f"{resource!r} is an entity, not a resource: import into one of the "
                     f"published resources of node {self.config.code} ({known})"
@@ -148,7 +161,7 @@ class NodeService:
                 f"resource {resource} carries entity {entry.entity!r}, which this node's model "
                 "no longer has"
             )
-        return entity, [f.name for f in entry.fields], entry.department
+        return entity, entry
 
     def ingest(
         self,
@@ -157,7 +170,11 @@ class NodeService:
         options: IngestOptions = DEFAULT_INGEST,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
-        entity, fields, department = self._importable(resource)
+        entity, entry = self._importable(resource)
+        department = entry.department
+        observing = None
+        if not self.catalog.is_authoritative(entry):
+            observing = (entry.source_node, entry.source_department)
         if progress:
             progress("reading", 0, 0)
         source = read_source_file(path, options.file_format)
@@ -172,11 +189,13 @@ class NodeService:
             allow_empty=options.allow_empty,
             progress=progress,
             resource=resource,
-            columns=fields,
+            columns=[f.name for f in entry.fields],
+            observing=observing,
         )
         return asdict(result) | {
             "resource": resource,
             "department": department,
+            "observed_source": list(observing) if observing else None,
             "changes": result.changes,
             "node": self.config.code,
             "sheet": source.sheet,
@@ -303,6 +322,8 @@ class NodeService:
             "entities": counts,
             "rows": {name: c["rows"] for name, c in counts.items()},
             "catalog": self.catalog.summary(),
+            "model": self.model.summary(),
+            "discrepancies": self.store.sources.counts(),
             "recent_ingests": [
                 {**i, "finished_at": _iso(i["finished_at"])} for i in self.store.last_ingests()
             ],

@@ -65,7 +65,11 @@ def decode_batch(message: pb.ChangeBatch, entities: dict[str, Entity], child: st
     for part in message.entities:
         entity = entities.get(part.entity)
         if entity is None:
-            raise BatchRejected(f"{where}: unknown entity {part.entity!r}")
+            raise BatchRejected(
+                f"{where}: entity {part.entity!r} is not in this node's model; the child works "
+                f"with another model — adopt this node's model there (`tongyuan model adopt` "
+                f"at {child})"
+            )
         try:
             table = decode_table(part.arrow_ipc)
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
@@ -80,21 +84,32 @@ def decode_batch(message: pb.ChangeBatch, entities: dict[str, Entity], child: st
         last_seq=message.last_seq,
         head_seq=message.head_seq,
         tables=tables,
+        model_digest=message.model_digest,
     )
 
 
 def _fit(table: pa.Table, entity: Entity, where: str) -> pa.Table:
+    """The table in this node's shape. Attributes the child's model lacks arrive empty (a
+    compatible addition here must not stop children that have not adopted it yet); a
+    column this node's model does not have is refused."""
     expected = entity.wire_schema()
     names = set(table.column_names)
-    missing = [f.name for f in expected if f.name not in names]
+    attributes = set(entity.column_names) - {entity.key}
+    missing = [f.name for f in expected if f.name not in names and f.name not in attributes]
     extra = [n for n in table.column_names if n not in expected.names]
     if missing or extra:
         detail = []
         if missing:
             detail.append(f"missing column(s) {', '.join(missing)}")
         if extra:
-            detail.append(f"unexpected column(s) {', '.join(extra)}")
+            detail.append(
+                f"column(s) {', '.join(extra)} not in this node's model (the child must adopt "
+                "this node's model)"
+            )
         raise BatchRejected(f"{where}, entity {entity.name}: {'; '.join(detail)}")
+    for field in expected:
+        if field.name not in names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
     table = table.select(expected.names)
     for field in expected:
         actual = table.schema.field(field.name).type

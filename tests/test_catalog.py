@@ -23,6 +23,7 @@ from rdflib.namespace import RDF
 from node.catalog.entries import build_entry
 from node.config import load_config
 from node.demo_data import fake_people
+from node.model import load_base_model
 from node.store import Store
 
 # Plain namespaces: rdflib's closed DCAT predates DCAT 3.
@@ -195,7 +196,9 @@ def test_entries_are_harvested_up_two_tiers_searched_versioned_retired_and_remov
 
     # An edit is a draft of version 2: nothing changes above until it is published.
     county.cli("catalog", "edit", CODE, "--name", "玄武区户籍人口基本信息")
-    marker = county.resource("person")  # a later published change, to know the link caught up
+    marker = county.resource(
+        "person", "玄武区公安分局"
+    )  # a later published change, to know the link caught up
     entries = at_province(lambda e: marker in e, "the later resource at the province")
     assert entries[CODE]["version"] == 1 and entries[CODE]["name"] == "玄武区户籍人口信息"
 
@@ -468,11 +471,11 @@ def test_a_child_sending_an_entry_for_a_resource_it_does_not_own_is_refused(
     foreign = build_entry(
         {**XUANWU_ENTRY, "code": "320104-GA-009", "name": "秦淮区人口信息"},
         node_code="320104",
-        entities=config.entities,
+        entities=load_base_model().storage_entities(),
         settings=config.catalog,
         where="test",
     ).with_changes(status="published")
-    store = Store.open(config.store_path, config.entities)
+    store = Store.open(config.store_path)
     try:
         store.catalog.write_entries([foreign], "intruder", "published version 1")
     finally:

@@ -14,10 +14,10 @@ from node.catalog.files import load_entries
 from node.catalog.freshness import freshness
 from node.catalog.standards import build_standard, digest, mapping_problem
 from node.config import CONFIG_FILE, load_config, render_initial_config
-from node.entities import entity_catalog
 from node.errors import ConfigError, UserError
+from node.model import load_base_model
 
-ENTITIES = entity_catalog(())
+ENTITIES = load_base_model().storage_entities()
 SETTINGS = CatalogSettings()
 
 
@@ -115,10 +115,6 @@ def test_catalog_config_section_is_checked(tmp_path: Path) -> None:
     bad = base.replace('kind = "none"', 'kind = "sometimes"')
     path.write_text(bad, encoding="utf-8")
     with pytest.raises(ConfigError, match=r"sharing #3: kind 'sometimes'"):
-        load_config(tmp_path)
-    reserved = base + '\n[[entities]]\nname = "catalog"\nkey = "k"\ncolumns = { k = "string" }\n'
-    path.write_text(reserved, encoding="utf-8")
-    with pytest.raises(ConfigError, match="'catalog' is reserved"):
         load_config(tmp_path)
 
 

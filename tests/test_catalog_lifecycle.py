@@ -19,12 +19,14 @@ from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
 from node.catalog.standards import StandardItem, digest
 from node.client import NodeAPI, open_node
-from node.entities import PERSON
 from node.errors import UserError
+from node.model import load_base_model
 from node.store.catalog import CATALOG, NODES
 from node.wire import BatchRejected, decode_batch, encode_table, standard_to_message
 
 ME = "root"
+
+PERSON = load_base_model().storage_entities()["person"]
 
 
 @pytest.fixture
@@ -121,19 +123,17 @@ def test_publishing_a_draft_keeps_what_happened_since_it_was_drafted(
 def test_two_resources_of_one_entity_keep_each_others_attributes_and_records(
     api: NodeAPI, tmp_path: Path
 ) -> None:
-    add(api, "320102-PHONE", "id_number,name,phone", "通信管理局")
+    # One source per attribute: the telecom bureau is the source of phone, the police of name.
+    add(api, "320102-PHONE", "id_number,phone", "通信管理局")
     add(api, "320102-NAME", "id_number,name", "公安局")
     phones = csv_file(
-        tmp_path / "phones.csv",
-        "id_number,name,phone",
-        "11,张三,13900000011",
-        "22,李四,13900000022",
+        tmp_path / "phones.csv", "id_number,phone", "11,13900000011", "22,13900000022"
     )
     names = csv_file(tmp_path / "names.csv", "id_number,name", "11,张三", "33,王五")
     assert api.ingest("320102-PHONE", phones)["inserted"] == 2
     result = api.ingest("320102-NAME", names)
-    # 张三 says nothing new; 王五 is new. Nobody's phone is touched.
-    assert (result["inserted"], result["updated"], result["unchanged"]) == (1, 0, 1)
+    # 张三 gains a name; 王五 is new. Nobody's phone is touched.
+    assert (result["inserted"], result["updated"], result["unchanged"]) == (1, 1, 0)
     for resource, path in (("320102-PHONE", phones), ("320102-NAME", names)):
         assert api.ingest(resource, path)["changes"] == 0, resource
     renamed = csv_file(tmp_path / "renamed.csv", "id_number,name", "11,张叁", "33,王五")
@@ -141,9 +141,12 @@ def test_two_resources_of_one_entity_keep_each_others_attributes_and_records(
     sql = "SELECT id_number, name, phone, origin_resource FROM person ORDER BY id_number"
     assert [tuple(r.values()) for r in api.query(sql).to_pylist()] == [
         ("11", "张叁", "13900000011", "320102-NAME"),
-        ("22", "李四", "13900000022", "320102-PHONE"),
+        ("22", None, "13900000022", "320102-PHONE"),
         ("33", "王五", None, "320102-NAME"),
     ]
+    # Both cannot be the source of the same attribute.
+    with pytest.raises(UserError, match="one source per attribute"):
+        add(api, "320102-BOTH", "id_number,name,phone", "民政局")
     # An empty snapshot of one resource deletes only the records it last wrote.
     empty = csv_file(tmp_path / "empty.csv", "id_number,name")
     from node.service import IngestOptions

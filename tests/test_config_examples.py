@@ -19,11 +19,16 @@ from node.config import (
     SyncSettings,
     delete_child,
     load_config,
+    render_initial_config,
     save_child,
 )
 from node.divisions import Tier, is_within
+from node.errors import ConfigError
+from node.model import load_base_model
+from node.model.files import load_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config"
+BASE_MODEL = "base-model.toml"
 
 # file → (code, tier, children by code)
 EXPECTED = {
@@ -31,6 +36,14 @@ EXPECTED = {
     "city.toml": ("320100", Tier.CITY, ("320102", "320104")),
     "province.toml": ("320000", Tier.PROVINCE, ("320100", "320583")),
 }
+
+# What configs said before entities moved into the node's model.
+OLD_ENTITIES = """
+[[entities]]
+name = "vehicle"
+key = "plate"
+columns = { plate = "string", owner_id_number = "string", registered_on = "date" }
+"""
 
 
 def install(example: str, tmp_path: Path) -> Path:
@@ -42,7 +55,14 @@ def install(example: str, tmp_path: Path) -> Path:
 
 
 def test_every_tier_has_an_example() -> None:
-    assert sorted(p.name for p in EXAMPLES.glob("*.toml")) == sorted(EXPECTED)
+    """One config per tier, next to the base model file operators start their own from."""
+    found = {p.name for p in EXAMPLES.glob("*.toml")}
+    assert found - {BASE_MODEL} == set(EXPECTED)
+    assert BASE_MODEL in found
+    # config/base-model.toml is the model every node starts with, not a stale copy of it.
+    shipped = load_model(EXAMPLES / BASE_MODEL)
+    assert shipped.digest() == load_base_model().digest()
+    assert {"person", "legal_entity"} <= {e.name for e in shipped.entities}
 
 
 @pytest.mark.parametrize("example", sorted(EXPECTED))
@@ -55,7 +75,6 @@ def test_example_loads(example: str, tmp_path: Path) -> None:
     for child in config.children:
         assert is_within(child.code, code), f"{child.code} is not inside {code}"
     assert config.department and config.department != "unspecified"
-    assert set(config.entities) == {"person", "legal_entity"}
     # The examples spell out the national defaults, so they load to exactly those.
     assert config.catalog == CatalogSettings()
     # The operator endpoint stays on loopback, at a fixed port Prometheus can be pointed at.
@@ -82,26 +101,54 @@ def test_example_sets_every_setting(example: str) -> None:
                 continue  # a child's address follows its code
             raise AssertionError(f"{example}:{i + 1}: {line!r} has no comment above it")
     assert "# [[children]]" in text or "[[children]]" in text
-    assert "# [[entities]]" in text
+
+
+def _model_pointer_problems(text: str) -> list[str]:
+    """Why a config text does not send its reader to the model for entities (empty: it does)."""
+    problems = []
+    if "[[entities]]" in text:
+        problems.append("still shows an [[entities]] example, which load_config refuses")
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    pointer = [i for i, line in enumerate(comments) if "`tongyuan model" in line]
+    if not pointer:
+        problems.append("has no comment pointing to `tongyuan model`")
+    if not any("config/base-model.toml" in line for line in comments):
+        problems.append("does not name config/base-model.toml as the model to start from")
+    # Where the [[entities]] example was: after the children example, at the end.
+    children = [i for i, line in enumerate(comments) if "[[children]]" in line]
+    if pointer and children and pointer[-1] < children[-1]:
+        problems.append("mentions the model before the [[children]] example, not after it")
+    return problems
 
 
 @pytest.mark.parametrize("example", sorted(EXPECTED))
-def test_commented_entity_example_loads(example: str, tmp_path: Path) -> None:
-    """Uncommenting the [[entities]] example gives a config that loads with the new entity."""
+def test_example_points_to_the_model_for_entities(example: str) -> None:
+    """Entities are no longer configured: the example says where they went instead."""
+    text = (EXAMPLES / example).read_text(encoding="utf-8")
+    problems = _model_pointer_problems(text)
+    assert not problems, f"config/{example}: " + "; ".join(problems)
+
+
+def test_init_config_points_to_the_model_for_entities(tmp_path: Path) -> None:
+    text = render_initial_config("320102", "玄武区", "127.0.0.1:7400")
+    assert _model_pointer_problems(text) == []
+    (tmp_path / CONFIG_FILE).write_text(text, encoding="utf-8")
+    assert load_config(tmp_path).code == "320102"
+
+
+@pytest.mark.parametrize("example", sorted(EXPECTED))
+def test_a_config_declaring_entities_is_refused(example: str, tmp_path: Path) -> None:
+    """An old config with [[entities]] is refused, naming the file and where entities live."""
     directory = install(example, tmp_path)
     path = directory / CONFIG_FILE
-    lines = path.read_text(encoding="utf-8").splitlines()
-    start = lines.index("# [[entities]]")
-    block = [lines[start].removeprefix("# ")]
-    for line in lines[start + 1 :]:
-        if not re.match(r"^# [a-z_]+ = ", line):
-            break
-        block.append(line.removeprefix("# "))
-    lines[start : start + len(block)] = block
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    entity = load_config(directory).entities["vehicle"]
-    assert entity.key == "plate"
-    assert entity.column_names == ("plate", "owner_id_number", "registered_on")
+    path.write_text(path.read_text(encoding="utf-8") + OLD_ENTITIES, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(directory)
+    message = str(refused.value)
+    assert str(path) in message
+    assert "[[entities]]" in message
+    assert "tongyuan model publish" in message
+    assert "config/base-model.toml" in message
 
 
 def test_children_commands_edit_the_examples(tmp_path: Path) -> None:

@@ -35,14 +35,16 @@ from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
 from node.admin import AdminEndpoint, RemoteNode, read_endpoint
 from node.demo_data import fake_people
-from node.entities import PERSON
 from node.errors import UserError
+from node.model import load_base_model
 from node.wire import encode_table
 
 CHILD = "320102"
 CITY = "320100"
 
 # ----- a misbehaving child ------------------------------------------------------------
+
+PERSON = load_base_model().storage_entities()["person"]
 
 
 def person_changes(first_seq: int, count: int, *, origin: str = CHILD) -> pa.Table:
@@ -178,7 +180,14 @@ def _garbage() -> pb.ChangeBatch:
 
 
 def _missing_column() -> pb.ChangeBatch:
-    return change_batch(0, 3, person_changes(1, 3).drop_columns(["phone"]))
+    # An attribute this node's model added may be missing (it arrives empty); the
+    # lineage a change needs may not.
+    return change_batch(0, 3, person_changes(1, 3).drop_columns(["origin_dept"]))
+
+
+def _extra_column() -> pb.ChangeBatch:
+    table = person_changes(1, 3)
+    return change_batch(0, 3, table.append_column("gender", pa.array(["1"] * 3, pa.string())))
 
 
 def _wrong_type() -> pb.ChangeBatch:
@@ -218,9 +227,10 @@ def _nanosecond_time() -> pb.ChangeBatch:
 
 BAD_BATCHES: list[Any] = [
     pytest.param(_garbage, "not valid Arrow IPC", id="garbage-bytes"),
-    pytest.param(_missing_column, "missing column(s) phone", id="missing-column"),
+    pytest.param(_missing_column, "missing column(s) origin_dept", id="missing-column"),
+    pytest.param(_extra_column, "gender not in this node's model", id="extra-column"),
     pytest.param(_wrong_type, "column birth_date: type string does not fit date32", id="type"),
-    pytest.param(_unknown_entity, "unknown entity 'vehicle'", id="unknown-entity"),
+    pytest.param(_unknown_entity, "'vehicle' is not in this node's model", id="unknown-entity"),
     pytest.param(_empty_origin_seq, "column origin_seq: has empty values", id="empty-origin"),
     pytest.param(_gap, "refusing to skip changes", id="gap"),
     # A record without its key cannot be matched on re-delivery: it would be doubled.

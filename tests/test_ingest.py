@@ -155,6 +155,21 @@ def test_bad_input_names_file_row_column_and_changes_nothing(county: Node, tmp_p
         "cols.csv",
         "'county'",
     )
+    # Values the model forbids: a sex outside GB/T 2261.1, a division code GB/T 2260 lacks,
+    # an empty required name.
+    unfit = [row[:] for row in PEOPLE]
+    unfit[0][2] = "男"
+    unfit[1][6] = "329999"
+    unfit[2][1] = ""
+    message = _assert_rejected(
+        county,
+        ["ingest", county.resource("person"), str(write_csv(tmp_path / "unfit.csv", unfit))],
+        "unfit.csv",
+        "row 1 (line 2), column sex: '男' is not a code of GB/T 2261.1 (0, 1, 2, 9)",
+        "row 2 (line 3), column division_code: '329999' is not a code of GB/T 2260 (model",
+        "row 3 (line 4), column name: a value is required",
+    )
+    assert "model base 1.0.0" in message
     malformed = tmp_path / "broken.csv"
     malformed.write_text(
         ",".join(HEADER) + "\n" + ",".join(PEOPLE[0]) + ",extra,fields\n", encoding="utf-8"
@@ -212,30 +227,44 @@ def test_init_validates_the_division_code_and_refuses_to_overwrite(
     assert province.status()["tier"] == "province"
 
 
-def test_snapshot_covers_only_its_department_and_refuses_an_empty_file(
+def _register(node: Node, code: str, department: str, fields: list[str]) -> str:
+    node.cli(
+        "catalog", "add", "--code", code, "--name", f"{department} person", "--summary", "s",
+        "--department", department, "--entity", "person", "--fields", ",".join(fields),
+        "--frequency", "daily", "--sharing", "unconditional", "--publish",
+    )  # fmt: skip
+    return code
+
+
+def test_snapshot_covers_only_its_resource_and_refuses_an_empty_file(
     county: Node, tmp_path: Path
 ) -> None:
-    county.ingest(
-        "person", write_csv(tmp_path / "police.csv", PEOPLE[:2]), "--department", "公安局"
-    )
-    county.ingest("person", write_csv(tmp_path / "civil.csv", PEOPLE[2:]), "--department", "民政局")
-    snap = county.ingest(
-        "person", write_csv(tmp_path / "p1.csv", PEOPLE[:1]), "--snapshot", "--department", "公安局"
-    )
+    # One source per attribute: 民政局 is the source of phone and address, 公安局 of the rest.
+    police_fields = ["id_number", "name", "sex", "birth_date", "division_code"]
+    civil_fields = ["id_number", "phone", "address"]
+    police = _register(county, "320102-GA-001", "公安局", police_fields)
+    civil = _register(county, "320102-MZ-001", "民政局", civil_fields)
+
+    def rows(people_rows: list[list[str]], fields: list[str]) -> list[list[str]]:
+        return [[row[HEADER.index(f)] for f in fields] for row in people_rows]
+
+    def police_file(name: str, people_rows: list[list[str]]) -> Path:
+        return write_csv(tmp_path / name, rows(people_rows, police_fields), police_fields)
+
+    county.ingest(police, police_file("police.csv", PEOPLE[:2]))
+    civil_file = write_csv(tmp_path / "civil.csv", rows(PEOPLE[2:], civil_fields), civil_fields)
+    county.ingest(civil, civil_file)
+    snap = county.ingest(police, police_file("p1.csv", PEOPLE[:1]), "--snapshot")
     assert snap["deleted"] == 1
-    assert {r["name"] for r in people(county)} == {"张三", "王五"}, "民政局's record must stay"
-    empty = write_csv(tmp_path / "empty.csv", [])
+    kept = {r["id_number"] for r in people(county)}
+    assert kept == {PEOPLE[0][0], PEOPLE[2][0]}, "民政局's record must stay"
+    empty = police_file("empty.csv", [])
     _assert_rejected(
-        county,
-        ["ingest", county.resource("person"), str(empty), "--snapshot"],
-        "empty.csv",
-        "--allow-empty",
+        county, ["ingest", police, str(empty), "--snapshot"], "empty.csv", "--allow-empty"
     )
-    allowed = county.ingest(
-        "person", empty, "--snapshot", "--department", "公安局", "--allow-empty"
-    )
+    allowed = county.ingest(police, empty, "--snapshot", "--allow-empty")
     assert allowed["deleted"] == 1
-    assert [r["name"] for r in people(county)] == ["王五"]
+    assert [r["id_number"] for r in people(county)] == [PEOPLE[2][0]]
 
 
 def test_query_is_read_only_and_prints_values_as_written(county: Node, tmp_path: Path) -> None:

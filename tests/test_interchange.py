@@ -20,11 +20,11 @@ from rdflib.term import Node
 
 from node.catalog.entries import ENTRY_KEYS, CatalogSettings, Entry, build_entry
 from node.catalog.interchange import CSV_COLUMNS, from_dcat, to_csv, to_dcat
-from node.entities import entity_catalog
 from node.errors import UserError
+from node.model import load_base_model
 
 NODE = "320100"
-ENTITIES = entity_catalog(())
+ENTITIES = load_base_model().storage_entities()
 SETTINGS = CatalogSettings()
 # Plain namespaces: rdflib's closed DCAT predates DCAT 3 (no dcat:version).
 DCAT = Namespace("http://www.w3.org/ns/dcat#")

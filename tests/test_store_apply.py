@@ -16,13 +16,15 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from node.entities import PERSON, Entity, entity_catalog
+from node.entities import Entity
+from node.model import load_base_model
 from node.store import BatchGap, IncomingBatch, IngestResult, Store
 from node.wire import BatchRejected, decode_batch, encode_window
 
 COUNTY, CITY, PROVINCE = "320102", "320100", "320000"
+ENTITIES: dict[str, Entity] = load_base_model().storage_entities()
+PERSON = ENTITIES["person"]
 COLUMNS = PERSON.column_names
-ENTITIES: dict[str, Entity] = entity_catalog([])
 
 
 def person(i: int, phone: str | None = None) -> dict[str, str]:
@@ -47,7 +49,7 @@ def stores(tmp_path: Path) -> Iterator[dict[str, Store]]:
     """A county, a city and a province store, each its own DuckDB file."""
     opened = {
         code: Store.create(
-            tmp_path / f"{code}.duckdb", code=code, name=name, tier=tier, entities=ENTITIES
+            tmp_path / f"{code}.duckdb", code=code, name=name, tier=tier, model=load_base_model()
         )
         for code, name, tier in (
             (COUNTY, "玄武区", "county"),

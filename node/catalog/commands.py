@@ -3,8 +3,6 @@ resource catalogue, and define or map standard items."""
 
 from __future__ import annotations
 
-import getpass
-import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +19,7 @@ from node.catalog.views import (
     print_entry,
     print_standards,
 )
-from node.cli_support import node_handle, user_errors
+from node.cli_support import actor_option, call_and_print, node_handle, user_errors
 from node.errors import UserError
 from node.output import console, print_json
 
@@ -46,23 +44,6 @@ _ENTRY_FLAGS = {
     "keywords": "keywords",
     "provides": "provides",
 }
-
-
-def _default_actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "unknown")
-
-
-def _actor_option(fn: F) -> F:
-    return click.option(
-        "--by",
-        "actor",
-        default=_default_actor,
-        show_default="the current user",
-        help="Who makes the change (recorded in the history).",
-    )(fn)
 
 
 def _entry_options(fn: F) -> F:
@@ -118,7 +99,7 @@ def catalog() -> None:
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @_entry_options
 @click.option("--publish", is_flag=True, help="Publish right away.")
-@_actor_option
+@actor_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 @user_errors
@@ -153,7 +134,7 @@ def add(
 @click.argument("code")
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @_entry_options
-@_actor_option
+@actor_option
 @click.pass_context
 @user_errors
 def edit(ctx: click.Context, code: str, file: Path | None, actor: str, **flags: Any) -> None:
@@ -179,22 +160,6 @@ def edit(ctx: click.Context, code: str, file: Path | None, actor: str, **flags: 
     )
 
 
-def _show(
-    ctx: click.Context,
-    method: str,
-    args: dict[str, Any],
-    as_json: bool,
-    view: Callable[[Any], None],
-) -> None:
-    """A reading command: call the node, print JSON or the terminal view."""
-    with node_handle(ctx, write=False) as node:
-        answer = node.call(method, args)
-    if as_json:
-        print_json(answer)
-    else:
-        view(answer)
-
-
 def _lifecycle(ctx: click.Context, method: str, args: dict[str, Any]) -> dict[str, Any]:
     with node_handle(ctx, write=True) as node:
         return dict(node.call(method, args))
@@ -202,7 +167,7 @@ def _lifecycle(ctx: click.Context, method: str, args: dict[str, Any]) -> dict[st
 
 @catalog.command("publish")
 @click.argument("code")
-@_actor_option
+@actor_option
 @click.pass_context
 @user_errors
 def publish(ctx: click.Context, code: str, actor: str) -> None:
@@ -214,7 +179,7 @@ def publish(ctx: click.Context, code: str, actor: str) -> None:
 @catalog.command("retire")
 @click.argument("code")
 @click.option("--reason", default="", help="Why (recorded in the history).")
-@_actor_option
+@actor_option
 @click.pass_context
 @user_errors
 def retire(ctx: click.Context, code: str, reason: str, actor: str) -> None:
@@ -225,7 +190,7 @@ def retire(ctx: click.Context, code: str, reason: str, actor: str) -> None:
 
 @catalog.command("remove")
 @click.argument("code")
-@_actor_option
+@actor_option
 @click.pass_context
 @user_errors
 def remove(ctx: click.Context, code: str, actor: str) -> None:
@@ -238,7 +203,7 @@ def remove(ctx: click.Context, code: str, actor: str) -> None:
 @click.argument("code")
 @click.argument("standard", required=False)
 @click.option("--unmap", is_flag=True, help="The resource no longer provides a standard item.")
-@_actor_option
+@actor_option
 @click.pass_context
 @user_errors
 def map_standard(
@@ -261,7 +226,7 @@ def map_standard(
 @user_errors
 def show(ctx: click.Context, code: str, as_json: bool) -> None:
     """One resource: its metadata, fields, freshness, node path and history."""
-    _show(ctx, "catalog.show", {"code": code}, as_json, print_entry)
+    call_and_print(ctx, "catalog.show", {"code": code}, as_json, print_entry)
 
 
 @catalog.command("list")
@@ -272,7 +237,7 @@ def show(ctx: click.Context, code: str, as_json: bool) -> None:
 @user_errors
 def list_entries(ctx: click.Context, origin: str | None, status: str | None, as_json: bool) -> None:
     """This node's and its subtree's resources, with freshness."""
-    _show(ctx, "catalog.list", {"node": origin, "status": status}, as_json, print_entries)
+    call_and_print(ctx, "catalog.list", {"node": origin, "status": status}, as_json, print_entries)
 
 
 @catalog.command("search")
@@ -282,7 +247,7 @@ def list_entries(ctx: click.Context, origin: str | None, status: str | None, as_
 @user_errors
 def search(ctx: click.Context, text: tuple[str, ...], as_json: bool) -> None:
     """Find resources in the subtree by words in their name, summary, fields or department."""
-    _show(ctx, "catalog.search", {"text": " ".join(text)}, as_json, print_entries)
+    call_and_print(ctx, "catalog.search", {"text": " ".join(text)}, as_json, print_entries)
 
 
 @catalog.command("coverage")
@@ -291,7 +256,7 @@ def search(ctx: click.Context, text: tuple[str, ...], as_json: bool) -> None:
 @user_errors
 def coverage(ctx: click.Context, as_json: bool) -> None:
     """Nodes below × standard items: provided, stale or missing, rolled up."""
-    _show(ctx, "catalog.coverage", {}, as_json, print_coverage)
+    call_and_print(ctx, "catalog.coverage", {}, as_json, print_coverage)
 
 
 @catalog.command("export")
@@ -353,7 +318,7 @@ def export(ctx: click.Context, out_format: str, scope: str, output: Path | None)
 @click.option("--entity", help="Entity of datasets the file does not type (foreign files).")
 @click.option("--sharing", help="Sharing attribute id for datasets that do not state one.")
 @click.option("--department", help="Provider department for datasets without a publisher.")
-@_actor_option
+@actor_option
 @click.pass_context
 @user_errors
 def import_dcat(
@@ -426,7 +391,7 @@ def standard_add(ctx: click.Context, file: Path | None, **flags: Any) -> None:
 @user_errors
 def standard_list(ctx: click.Context, as_json: bool) -> None:
     """Standard items known here and which local resource provides each."""
-    _show(ctx, "catalog.standard_list", {}, as_json, print_standards)
+    call_and_print(ctx, "catalog.standard_list", {}, as_json, print_standards)
 
 
 @standard.command("withdraw")

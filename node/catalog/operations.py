@@ -135,12 +135,60 @@ class CatalogService:
             # Straight into the log, all in one transaction: no draft is left behind.
             now = datetime.now(UTC)
             published = [self._published(e, None, now) for e in built]
+            self._check_one_source(published)
             self.tables.write_entries(
                 published, actor, "created and published version 1", f"from {source}"
             )
             return [self._own(e.code) for e in built]
         self.tables.save_drafts(built, actor, "created", f"from {source}")
         return [e.document() for e in built]
+
+    def is_authoritative(self, entry: Entry) -> bool:
+        """A resource is the source of its attributes when it names itself as source;
+        one naming another node or department holds observations of that source."""
+        return entry.source_node == self.config.code and entry.source_department == (
+            entry.department
+        )
+
+    def _check_one_source(self, entries: Sequence[Entry]) -> None:
+        """One source per attribute (一数一源): at this node, only one department may be
+        the authoritative source of an entity's attribute."""
+        claims: dict[tuple[str, str], Entry] = {}
+        others = [
+            self.tables.own_entry(d["code"])
+            for d in self.tables.entries(self.config.code)
+            if d["status"] == "published" and d["code"] not in {e.code for e in entries}
+        ]
+        for entry in [*(o for o in others if o is not None), *entries]:
+            entity = self.store.entities.get(entry.entity)
+            if entity is None or not self.is_authoritative(entry):
+                continue
+            for item in entry.fields:
+                if item.name == entity.key:
+                    continue
+                holder = claims.get((entry.entity, item.name))
+                if holder is not None and holder.department != entry.department:
+                    raise UserError(
+                        f"resource {entry.code}: {entry.department} cannot be the source of "
+                        f"{entry.entity}.{item.name}: {holder.department} already is at node "
+                        f"{self.config.code} ({holder.code}); one source per attribute — name "
+                        f'that source (source_department = "{holder.department}") so this '
+                        "resource's values are kept as observations, or leave the field out"
+                    )
+                claims[(entry.entity, item.name)] = entry
+
+    def authoritative_resource(self, entity: str, attribute: str) -> Entry | None:
+        """This node's published resource that is the source of `entity.attribute`."""
+        for doc in self.tables.entries(self.config.code):
+            entry = self.tables.own_entry(doc["code"]) if doc["status"] == "published" else None
+            if (
+                entry is not None
+                and entry.entity == entity
+                and self.is_authoritative(entry)
+                and any(f.name == attribute for f in entry.fields)
+            ):
+                return entry
+        return None
 
     @staticmethod
     def _published(entry: Entry, current: Entry | None, now: datetime) -> Entry:
@@ -207,6 +255,7 @@ class CatalogService:
         # Re-check against today's model and standard items: they may have changed.
         entry = self._build(editable_fields(draft), "publish").with_changes(version=draft.version)
         published = self._published(entry, current, datetime.now(UTC))
+        self._check_one_source([published])
         self.tables.write_entries([published], actor, f"published version {entry.version}")
         return self._own(code)
 

@@ -4,6 +4,7 @@ as the fallback, applying each group of windows and the checkpoint in one transa
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -18,8 +19,16 @@ from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
 from node.config import Child, NodeConfig
 from node.errors import UserError
+from node.model.schema import model_from_json
 from node.store import IncomingBatch, Store
-from node.wire import GRPC_MESSAGE_OPTIONS, BatchRejected, decode_batch, standard_to_message
+from node.store.model import delivery_digest
+from node.wire import (
+    GRPC_MESSAGE_OPTIONS,
+    BatchRejected,
+    decode_batch,
+    encode_table,
+    standard_to_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +74,10 @@ class ChildLink:
         self._last_ack_sent = 0.0
         self._acked = -1
         # Generation of this node's standard items the child last received (-1: not yet).
-        self._delivered_generation = -1
-        self._next_delivery = 0.0
+        # Per downward delivery (standards, model, discrepancies): the generation last
+        # delivered, and when a failed delivery may be retried.
+        self._delivered: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         self.state = "connecting"
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
@@ -205,45 +216,133 @@ class ChildLink:
                 f"{info.node_id}); its change log restarted, so pulling on would skip or shadow "
                 "its changes — refusing until the link is reset"
             )
-        self._deliver_standards(info.standards_digest)
+        self._pull_model(info.model_digest)
+        self._deliver_downward(info)
 
-    def _deliver_standards(self, child_digest: str | None = None) -> None:
-        """Downward on the same link: give the child this node's standard items (its own
-        and those from above) when the child's copy differs. Called at every connection
-        and, while streaming, whenever the items changed here."""
-        catalog = self._store.catalog
-        generation = catalog.standards_generation
+    def _pull_model(self, child_digest: str) -> None:
+        """Upward, pulled: keep the child's model (its proposal) when it changed."""
+        models = self._store.models
+        if child_digest == models.child_model_digest(self.child.code):
+            return
+        try:
+            reply = self._stub.GetModel(
+                pb.GetModelRequest(caller_code=self._config.code), timeout=10
+            )
+            model = model_from_json(reply.model_json)
+        except (grpc.RpcError, ValueError) as exc:
+            log.warning(
+                "child %s: pulling its model failed: %s",
+                self.child.code,
+                _describe(exc) if isinstance(exc, grpc.RpcError) else exc,
+                extra=self._log,
+            )
+            return
+        models.save_child_model(self.child.code, model)
+        log.info("child %s: works with model %s", self.child.code, model.label(), extra=self._log)
+
+    def _deliver_downward(self, info: pb.NodeInfo | None = None) -> None:
+        """Downward on the same link: this node's standard items, its model (with its
+        names for the child's), and the discrepancies about the child's subtree, each when
+        the child's copy differs. Called at every connection (with the digests the child
+        reports) and, while streaming, whenever one of them changed here."""
+        store = self._store
+        self._deliver(
+            "standards",
+            store.catalog.standards_generation,
+            info.standards_digest if info else None,
+            self._send_standards,
+        )
+        self._deliver(
+            "model",
+            store.models.generation,
+            info.parent_model_digest if info else None,
+            self._send_model,
+        )
+        self._deliver(
+            "discrepancies",
+            store.sources.generation,
+            info.discrepancies_digest if info else None,
+            self._send_discrepancies,
+        )
+
+    def _deliver(
+        self,
+        kind: str,
+        generation: int,
+        child_digest: str | None,
+        send: Callable[[str | None], None],
+    ) -> None:
         if child_digest is None and (
-            generation == self._delivered_generation or time.monotonic() < self._next_delivery
+            generation == self._delivered.get(kind)
+            or time.monotonic() < self._retry_at.get(kind, 0.0)
         ):
             return
-        digest, items = catalog.downward_set()
         try:
-            if digest != child_digest:
-                self._stub.DeliverStandards(
-                    pb.StandardsDelivery(
-                        parent_code=self._config.code,
-                        digest=digest,
-                        items=[standard_to_message(i) for i in items],
-                    ),
-                    timeout=10,
-                )
-                log.info(
-                    "child %s: delivered %d standard items",
-                    self.child.code,
-                    len(items),
-                    extra=self._log,
-                )
-            self._delivered_generation = generation
+            send(child_digest)
+            self._delivered[kind] = generation
         except grpc.RpcError as exc:
             # Retried at the next connection or after a pause; data keeps flowing.
-            self._next_delivery = time.monotonic() + 30
+            self._retry_at[kind] = time.monotonic() + 30
             log.warning(
-                "child %s: delivering standard items failed: %s",
+                "child %s: delivering %s failed: %s",
                 self.child.code,
+                kind,
                 _describe(exc),
                 extra=self._log,
             )
+
+    def _send_standards(self, child_digest: str | None) -> None:
+        digest, items = self._store.catalog.downward_set()
+        if digest == child_digest:
+            return
+        self._stub.DeliverStandards(
+            pb.StandardsDelivery(
+                parent_code=self._config.code,
+                digest=digest,
+                items=[standard_to_message(i) for i in items],
+            ),
+            timeout=10,
+        )
+        log.info(
+            "child %s: delivered %d standard items", self.child.code, len(items), extra=self._log
+        )
+
+    def _send_model(self, child_digest: str | None) -> None:
+        model = self._store.model
+        mapping = self._store.models.child_mapping(self.child.code)
+        digest = delivery_digest(model, mapping)
+        if digest == child_digest:
+            return
+        self._stub.DeliverModel(
+            pb.ModelDelivery(
+                parent_code=self._config.code,
+                model_json=model.to_json(),
+                mapping_json=json.dumps(mapping.document(), ensure_ascii=False),
+                digest=digest,
+            ),
+            timeout=10,
+        )
+        log.info("child %s: offered model %s", self.child.code, model.label(), extra=self._log)
+
+    def _send_discrepancies(self, child_digest: str | None) -> None:
+        digest, table = self._store.sources.downward_set(self.child.code)
+        if digest == child_digest:
+            return
+        self._stub.DeliverDiscrepancies(
+            pb.DiscrepancyDelivery(
+                parent_code=self._config.code,
+                arrow_ipc=encode_table(table),
+                rows=table.num_rows,
+                digest=digest,
+            ),
+            timeout=10,
+        )
+        log.info(
+            "child %s: delivered %d discrepancies about its subtree",
+            self.child.code,
+            table.num_rows,
+            extra=self._log,
+        )
 
     @staticmethod
     def _receive(call: Any, received: queue.Queue[Any], done: threading.Event) -> None:
@@ -302,7 +401,9 @@ class ChildLink:
         return decode_batch(message, self._store.log_entities, self.child.code)
 
     def _apply(self, group: list[IncomingBatch]) -> None:
-        self._deliver_standards()
+        self._deliver_downward()
+        if group[-1].model_digest:
+            self._pull_model(group[-1].model_digest)
         last = group[-1]
         self.child_head = last.head_seq
         self.last_heartbeat = time.time()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
 
 import grpc
+import pyarrow as pa
 
 from node import __version__
 from node._gen.tongyuan.v1 import federation_pb2 as pb
@@ -16,8 +18,12 @@ from node.catalog.standards import digest
 from node.config import NodeConfig
 from node.divisions import is_within, lookup_division
 from node.errors import UserError
+from node.model.schema import mapping_from_document, model_from_json
 from node.store import Store
-from node.wire import encode_window, standard_from_message
+from node.store.model import delivery_digest
+from node.store.sources import DISCREPANCY_SCHEMA
+from node.store.sources import delivery_digest as delivery_digest_of
+from node.wire import decode_table, encode_window, standard_from_message
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +51,12 @@ class FederationServicer(pb_grpc.FederationServicer):
             node_id=self._node_id,
             compacted_through=self._store.compacted_through(),
             standards_digest=self._store.catalog.received_digest(request.caller_code),
+            model_digest=self._store.model_digest,
+            parent_model_digest=self._store.models.offered_digest(request.caller_code),
+            discrepancies_digest=self._store.sources.received_digest(request.caller_code),
             entities=[
                 pb.EntitySchema(name=e.name, key=e.key, columns=list(e.column_names))
-                for e in self._config.entities.values()
+                for e in self._store.entities.values()
             ],
         )
 
@@ -139,20 +148,87 @@ class FederationServicer(pb_grpc.FederationServicer):
                     last_seq=after,
                     head_seq=self._store.head_seq,
                     sent_at_us=time.time_ns() // 1000,
+                    model_digest=self._store.model_digest,
                 )
                 last_sent = time.monotonic()
 
-    def DeliverStandards(
-        self, request: pb.StandardsDelivery, context: grpc.ServicerContext
-    ) -> pb.StandardsReceipt:
-        """Take the parent's standard items; a delivery that does not add up is refused."""
-        parent = request.parent_code
+    def _check_above(self, parent: str, context: grpc.ServicerContext) -> None:
         self._check_parent(parent, context)
         if parent == self._config.code or not is_within(self._config.code, parent):
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"node {parent} is not above node {self._config.code}",
             )
+
+    def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.ServicerContext
+    ) -> pb.ModelDocument:
+        model = self._store.model
+        return pb.ModelDocument(model_json=model.to_json(), digest=model.digest())
+
+    def DeliverModel(
+        self, request: pb.ModelDelivery, context: grpc.ServicerContext
+    ) -> pb.ModelReceipt:
+        """Keep the parent's model (and its names for ours) until the operator adopts it."""
+        parent = request.parent_code
+        self._check_above(parent, context)
+        try:
+            model = model_from_json(request.model_json)
+            mapping = mapping_from_document(json.loads(request.mapping_json or "{}"))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model delivery: {exc}")
+        if delivery_digest(model, mapping) != request.digest:
+            context.abort(grpc.StatusCode.DATA_LOSS, "model delivery does not match its digest")
+        if self._store.models.offered_digest(parent) != request.digest:
+            self._store.models.receive_offer(parent, model, mapping, request.digest)
+            log.info(
+                "parent %s offers model %s%s",
+                parent,
+                model.label(),
+                "" if model.digest() == self._store.model.digest() else " (not adopted yet)",
+                extra={"parent": parent},
+            )
+        return pb.ModelReceipt(digest=request.digest)
+
+    def DeliverDiscrepancies(
+        self, request: pb.DiscrepancyDelivery, context: grpc.ServicerContext
+    ) -> pb.DiscrepancyReceipt:
+        """Take the parent's discrepancies about this node's subtree (they replace its last set)."""
+        parent = request.parent_code
+        self._check_above(parent, context)
+        try:
+            table = decode_table(request.arrow_ipc).cast(DISCREPANCY_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"discrepancy delivery: {exc}")
+        if delivery_digest_of(table) != request.digest:
+            context.abort(grpc.StatusCode.DATA_LOSS, "discrepancies do not match their digest")
+        outside = [
+            s
+            for s in table.column("source_node").to_pylist()
+            if not is_within(s, self._config.code)
+        ]
+        if outside:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"discrepancy about node {outside[0]}, which is not node {self._config.code} or "
+                "below it",
+            )
+        if self._store.sources.received_digest(parent) != request.digest:
+            self._store.sources.replace_received(parent, table, request.digest)
+            log.info(
+                "received %d discrepancies from parent %s",
+                table.num_rows,
+                parent,
+                extra={"parent": parent},
+            )
+        return pb.DiscrepancyReceipt(digest=request.digest, rows=table.num_rows)
+
+    def DeliverStandards(
+        self, request: pb.StandardsDelivery, context: grpc.ServicerContext
+    ) -> pb.StandardsReceipt:
+        """Take the parent's standard items; a delivery that does not add up is refused."""
+        parent = request.parent_code
+        self._check_above(parent, context)
         items = [standard_from_message(i) for i in request.items]
         for item in items:
             # Defined by the parent or a node above it, under its own code prefix.

@@ -94,6 +94,7 @@ class NodeCollector(Collector):
         yield rows
 
         yield from self._catalog()
+        yield from self._model_and_sources(status)
 
     def _children(
         self,
@@ -161,6 +162,37 @@ class NodeCollector(Collector):
             link = live.get(code)
             errors.add_metric([code], link.pull_errors if link else 0)
         yield from (up, lag, lag_seconds, checkpoint, contact, applied, batches, errors)
+
+    @staticmethod
+    def _model_and_sources(status: dict[str, Any]) -> Iterator[Metric]:
+        model = status["model"]
+        info = InfoMetricFamily("tongyuan_model", "The model this node works with (value 1).")
+        active = model["active"]
+        info.add_metric(
+            [],
+            {"name": active["name"], "version": active["version"], "digest": active["digest"]},
+        )
+        yield info
+        if model["offered"] is not None:
+            yield GaugeMetricFamily(
+                "tongyuan_model_adopted",
+                "1 if this node works with the model its parent offers, else 0.",
+                value=1 if model["offered"]["adopted"] else 0,
+            )
+        counts = status["discrepancies"]
+        discrepancies = GaugeMetricFamily(
+            "tongyuan_discrepancies",
+            "Discrepancies between sources known here (found here or delivered), by state.",
+            labels=["state"],
+        )
+        discrepancies.add_metric(["open"], counts["open"])
+        discrepancies.add_metric(["resolved"], counts["resolved"])
+        yield discrepancies
+        yield GaugeMetricFamily(
+            "tongyuan_observations",
+            "Values held from non-authoritative sources (observations) in this node's log.",
+            value=counts["observations"],
+        )
 
     def _catalog(self) -> Iterator[Metric]:
         freshness = GaugeMetricFamily(

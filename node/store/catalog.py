@@ -12,7 +12,8 @@ enter the log: only published resources travel.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,6 @@ NODES = Entity(
         Column("tier", "string"),
     ),
 )
-INTERNAL_ENTITIES: tuple[Entity, ...] = (CATALOG, NODES)
 _JSON_COLUMNS = ("fields", "keywords")
 # A resource's last change is stamped on its entry at most this often (see touch_entry).
 FRESHNESS_STAMP_INTERVAL = timedelta(seconds=60)
@@ -248,6 +248,75 @@ class CatalogStore:
                     )
                 self._history(cur, entry.code, entry.version, action, actor, now, note)
             publication.set(seq, [CATALOG.name])
+
+    def rewrite_for_model(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        renames: Sequence[tuple[str, str, Sequence[tuple[str, str]]]],
+        dropped: Sequence[tuple[str, str]],
+        types: Mapping[tuple[str, str], str],
+        actor: str,
+        note: str,
+    ) -> list[str]:
+        """Inside a model migration: this node's entries and drafts naming a renamed entity
+        or attribute, or a dropped attribute, become new versions in the model's names.
+        `renames` is (old entity, new entity, [(old attribute, new attribute)]); `types`
+        the new model's (entity, attribute) → type. Returns the log entities written."""
+        now = datetime.now(UTC)
+        by_entity = {old: (new, dict(attrs)) for old, new, attrs in renames}
+        gone = set(dropped)
+
+        def rewritten(entry: Entry) -> Entry | None:
+            if entry.entity not in by_entity:
+                return None
+            new_entity, attrs = by_entity[entry.entity]
+            fields = tuple(
+                replace(
+                    f,
+                    name=attrs.get(f.name, f.name),
+                    type=types.get((new_entity, attrs.get(f.name, f.name)), f.type),
+                )
+                for f in entry.fields
+                if (entry.entity, f.name) not in gone
+            )
+            if new_entity == entry.entity and fields == entry.fields:
+                return None
+            return entry.with_changes(
+                entity=new_entity,
+                fields=fields,
+                version=entry.version + 1,
+                updated_by=actor,
+                updated_at=now,
+            )
+
+        written = False
+        for entry in [self.own_entry(code) for code in self._own_codes(cur)]:
+            changed = rewritten(entry) if entry is not None else None
+            if changed is not None:
+                self._log_write(
+                    cur, CATALOG, changed.code, _entry_row(changed), changed.department, now
+                )
+                self._history(cur, changed.code, changed.version, "model", actor, now, note)
+                written = True
+        for draft in self.drafts():
+            changed = rewritten(draft)
+            if changed is not None:
+                cur.execute(
+                    "UPDATE tongyuan.catalog_drafts SET doc = ?, version = ? WHERE code = ?",
+                    [
+                        json.dumps(changed.document(), ensure_ascii=False),
+                        changed.version,
+                        changed.code,
+                    ],
+                )
+        return [CATALOG.name] if written else []
+
+    def _own_codes(self, cur: duckdb.DuckDBPyConnection) -> list[str]:
+        rows = cur.execute(
+            f"SELECT code FROM {entity_table(CATALOG)} WHERE origin_node = ? AND NOT _deleted",
+            [self.node_code],
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def remove_entry(self, code: str, version: int, actor: str, note: str = "") -> int:
         """Remove one of this node's entries: a tombstone tells every tier above."""

@@ -114,6 +114,79 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0005_model_sources",
+        (
+            # The model this node works with (role 'active') and the one its parent
+            # offers ('offered', with the parent's mapping of this node's local names).
+            """CREATE TABLE tongyuan.model_state (
+                role VARCHAR NOT NULL,
+                doc VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL,
+                mapping VARCHAR,
+                source VARCHAR,
+                updated_at TIMESTAMPTZ NOT NULL
+            )""",
+            """CREATE TABLE tongyuan.model_history (
+                name VARCHAR NOT NULL,
+                version VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL,
+                action VARCHAR NOT NULL,
+                actor VARCHAR NOT NULL,
+                happened_at TIMESTAMPTZ NOT NULL,
+                note VARCHAR
+            )""",
+            # This node's mapping of each child's local names to its model.
+            "CREATE TABLE tongyuan.model_mappings (child_code VARCHAR NOT NULL, doc VARCHAR)",
+            # Each child's model as last pulled (its proposal), for calibration.
+            """CREATE TABLE tongyuan.child_models (
+                child_code VARCHAR NOT NULL,
+                doc VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL,
+                fetched_at TIMESTAMPTZ NOT NULL
+            )""",
+            # Where an observation disagrees with its authoritative source: found here
+            # (received_from NULL) or delivered by the parent (received_from its code).
+            """CREATE TABLE tongyuan.discrepancies (
+                id VARCHAR NOT NULL,
+                entity VARCHAR NOT NULL,
+                record_key VARCHAR NOT NULL,
+                attribute VARCHAR NOT NULL,
+                authoritative_value VARCHAR,
+                observed_value VARCHAR,
+                source_node VARCHAR NOT NULL,
+                source_dept VARCHAR,
+                source_key VARCHAR,
+                source_resource VARCHAR,
+                observer_node VARCHAR NOT NULL,
+                observer_dept VARCHAR,
+                observer_resource VARCHAR,
+                found_by VARCHAR NOT NULL,
+                found_at TIMESTAMPTZ NOT NULL,
+                state VARCHAR NOT NULL,
+                resolution VARCHAR,
+                resolved_at TIMESTAMPTZ,
+                received_from VARCHAR
+            )""",
+            # What this node's operators did about a discrepancy (a correction, a confirmation).
+            """CREATE TABLE tongyuan.discrepancy_actions (
+                id VARCHAR NOT NULL,
+                action VARCHAR NOT NULL,
+                value VARCHAR,
+                actor VARCHAR NOT NULL,
+                acted_at TIMESTAMPTZ NOT NULL,
+                note VARCHAR
+            )""",
+            # The change-log sequence up to which observations have been cross-checked.
+            "CREATE TABLE tongyuan.crosscheck (watermark BIGINT NOT NULL)",
+            "INSERT INTO tongyuan.crosscheck VALUES (0)",
+            # The digest of the discrepancy set each parent last delivered.
+            """CREATE TABLE tongyuan.received_discrepancies (
+                parent_code VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

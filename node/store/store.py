@@ -22,8 +22,11 @@ import pyarrow as pa
 
 from node.entities import INTERNAL_NAMES, Column, Entity
 from node.errors import InputFileError, UserError
-from node.store.catalog import INTERNAL_ENTITIES, CatalogStore
+from node.model import load_base_model
+from node.model.schema import Model
+from node.store.catalog import CATALOG, NODES, CatalogStore
 from node.store.database import Database
+from node.store.model import ModelStore, model_codes_table
 from node.store.schema import (
     WIRE_LINEAGE,
     apply_migrations,
@@ -33,6 +36,7 @@ from node.store.schema import (
     quote,
     stored_columns,
 )
+from node.store.sources import OBSERVATIONS, SourcesStore
 
 Progress = Callable[[str, int, int], None]
 MAX_REPORTED_ERRORS = 5
@@ -45,6 +49,8 @@ EXPECTED_VALUE = {
     "date": "a date (YYYY-MM-DD, YYYYMMDD or YYYY/MM/DD, years 1–9999)",
     "timestamp": "a date and time (YYYY-MM-DD HH:MM:SS, years 1–9999)",
 }
+# Tables of the node's own in the change log (they travel upward like data).
+INTERNAL_ENTITIES: tuple[Entity, ...] = (CATALOG, NODES, OBSERVATIONS)
 # Below this many rows an apply skips the existence probe (fewer statements, lower latency).
 SMALL_BATCH_ROWS = 2048
 
@@ -99,6 +105,8 @@ class IncomingBatch:
     last_seq: int
     head_seq: int
     tables: dict[str, pa.Table]
+    # The child's model digest (heartbeats carry it; "" otherwise).
+    model_digest: str = ""
 
     @property
     def rows(self) -> int:
@@ -150,30 +158,45 @@ class _Validation:
 class Store:
     """A node's DuckDB store."""
 
-    def __init__(self, db: Database, entities: dict[str, Entity]) -> None:
+    def __init__(self, db: Database, model: Model) -> None:
         self.db = db
+        self.entities: dict[str, Entity] = {}
+        self.log_entities: dict[str, Entity] = {}
+        self.model = model
+        self.use_model(model)
+        self._head = self._read_head()
+        # Last sequence written per entity, so a window skips entities with no change.
+        self._entity_heads = self._read_entity_heads()
+        code = self.identity().code
+        self.catalog = CatalogStore(self, code)
+        self.models = ModelStore(self)
+        self.sources = SourcesStore(self, code)
+
+    def use_model(self, model: Model) -> None:
+        """Work with `model`'s entities from now on (its tables exist: see ModelStore)."""
+        entities = model.storage_entities()
+        self.model = model
+        self.model_digest = model.digest()
         # Data entities (what users import and query) …
         self.entities = {n: e for n, e in entities.items() if n not in INTERNAL_NAMES}
         # … and everything in the change log, which travels to the parent.
         self.log_entities = {**self.entities, **{e.name: e for e in INTERNAL_ENTITIES}}
-        self._head = self._read_head()
-        # Last sequence written per entity, so a window skips entities with no change.
-        self._entity_heads = self._read_entity_heads()
-        self.catalog = CatalogStore(self, self.identity().code)
+        if hasattr(self, "_entity_heads"):
+            self._entity_heads = self._read_entity_heads()
+        self._model_codes = model_codes_table(model)
 
     # ----- lifecycle ---------------------------------------------------------------
 
     @classmethod
-    def create(
-        cls, path: Path, *, code: str, name: str, tier: str, entities: dict[str, Entity]
-    ) -> Store:
-        """Create a new store with the node's identity; refuses an existing file."""
+    def create(cls, path: Path, *, code: str, name: str, tier: str, model: Model) -> Store:
+        """Create a new store with the node's identity and model; refuses an existing file."""
         if path.exists():
             raise UserError(f"{path} already exists; refusing to overwrite a node's store")
         db = Database(path)
         with db.write() as cur:
             apply_migrations(cur)
-            ensure_entity_tables(cur, [*entities.values(), *INTERNAL_ENTITIES])
+            ensure_entity_tables(cur, [*model.storage_entities().values(), *INTERNAL_ENTITIES])
+            ModelStore.record_active(cur, model, "initialised", "tongyuan init")
             identity = {
                 "code": code,
                 "name": name,
@@ -182,17 +205,18 @@ class Store:
                 "created_at": _now().isoformat(timespec="seconds"),
             }
             cur.executemany("INSERT INTO tongyuan.meta VALUES (?, ?)", list(identity.items()))
-        return cls(db, entities)
+        return cls(db, model)
 
     @classmethod
     def open(
         cls,
         path: Path,
-        entities: dict[str, Entity],
         *,
         read_only: bool = False,
         memory_limit: str = "1GB",
     ) -> Store:
+        """Open a node's store on the model it works with (a store from before models
+        existed works with the base model)."""
         if not path.exists():
             raise UserError(
                 f"store {path} is missing but its config is there: restore the store from a "
@@ -202,20 +226,24 @@ class Store:
         if not read_only:
             with db.write() as cur:
                 apply_migrations(cur)
-                ensure_entity_tables(cur, [*entities.values(), *INTERNAL_ENTITIES])
+                model = ModelStore.read_active(cur)
+                if model is None:
+                    model = load_base_model()
+                    ModelStore.record_active(cur, model, "initialised", "upgrade")
+                ensure_entity_tables(cur, [*model.storage_entities().values(), *INTERNAL_ENTITIES])
         else:
             # A read-only open cannot create tables a config gained since the node last
             # ran; those entities are simply empty until it does.
             with db.read() as cur:
                 present = existing_entity_tables(cur)
-            if not all("rows_" + e.name in present for e in INTERNAL_ENTITIES):
+                model = ModelStore.read_active(cur) if "rows_observations" in present else None
+            if model is None or not all("rows_" + e.name in present for e in INTERNAL_ENTITIES):
                 db.close()
                 raise UserError(
                     f"store {path} was written by an older Tongyuan; start the node once "
                     "(`tongyuan serve`) or run a writing command so it can upgrade the store"
                 )
-            entities = {n: e for n, e in entities.items() if "rows_" + n in present}
-        return cls(db, entities)
+        return cls(db, model)
 
     def close(self) -> None:
         self.db.close()
@@ -295,6 +323,7 @@ class Store:
         progress: Progress | None = None,
         resource: str | None = None,
         columns: Sequence[str] | None = None,
+        observing: tuple[str, str] | None = None,
     ) -> IngestResult:
         """Validate a file's rows and apply its effective changes in one transaction.
 
@@ -303,6 +332,9 @@ class Store:
         InputFileError naming file, row and column, and nothing is written. With
         `resource`, an import that changed something also records the change time on
         the resource's catalogue entry (its freshness), in the same transaction.
+        With `observing` (source node, department), the resource is not the attributes'
+        authoritative source: its values are recorded as observations of that source's
+        records instead of changing them.
         """
         report = progress or (lambda phase, done, total: None)
         fields = list(columns or entity.column_names)
@@ -314,17 +346,30 @@ class Store:
                 f"of department {department!r}; refusing (use --allow-empty if that is meant)"
             )
         src = source.append_column("_row", pa.array(np.arange(rows, dtype=np.int64)))
-        table = entity_table(entity)
-        key = quote(entity.key)
         batch_id = uuid.uuid4().hex[:16]
         now = _now()
         publication = self.publication()
-        with self.db.write(arrow={"ingest_source": src}, on_commit=publication.fire) as cur:
+        arrow = {"ingest_source": src, "model_codes": self._model_codes}
+        with self.db.write(arrow=arrow, on_commit=publication.fire) as cur:
             if resource is not None:
                 self.catalog.check_importable(cur, resource)
             report("validating", 0, rows)
             self._stage(cur, entity, source.column_names)
-            self._validate_stage(cur, entity, source, file_label, locate)
+            self._validate_stage(cur, entity, source, file_label, locate, fields)
+            if observing is not None:
+                self.sources.stage_observations(
+                    cur,
+                    entity,
+                    fields,
+                    resource=resource or entity.name,
+                    source_node=observing[0],
+                    source_dept=observing[1],
+                )
+                entity, fields = OBSERVATIONS, list(OBSERVATIONS.column_names)
+                (staged,) = cur.execute("SELECT count(*) FROM ingest_stage").fetchone()  # type: ignore[misc]
+                rows = int(staged)
+            table = entity_table(entity)
+            key = quote(entity.key)
             report("comparing", rows, rows)
             # Only the attributes the resource carries are compared and written; the
             # others keep what the record holds (another resource of this node may
@@ -382,7 +427,7 @@ class Store:
                 entity=entity.name,
                 file=file_label,
                 snapshot=snapshot,
-                rows_read=rows,
+                rows_read=source.num_rows,
                 inserted=int(inserted),
                 updated=int(updated),
                 deleted=int(deleted),
@@ -400,7 +445,7 @@ class Store:
                     file_label,
                     department,
                     snapshot,
-                    rows,
+                    source.num_rows,
                     result.inserted,
                     result.updated,
                     result.deleted,
@@ -489,8 +534,10 @@ class Store:
         source: pa.Table,
         file_label: str,
         locate: Callable[[int], str],
+        fields: Sequence[str],
     ) -> None:
         found = _Validation()
+        self._validate_model_fit(cur, entity, fields, file_label, locate, found)
         bad_rows = [
             int(r[0])
             for r in cur.execute(
@@ -533,6 +580,50 @@ class Store:
             count = len(found.problems)
             head = "" if count == 1 else f"nothing imported; the first {count} problems:\n  "
             raise InputFileError(head + "\n  ".join(found.problems))
+
+    def _validate_model_fit(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        fields: Sequence[str],
+        file_label: str,
+        locate: Callable[[int], str],
+        found: _Validation,
+    ) -> None:
+        """Values the model forbids: empty where required, outside the attribute's code list."""
+        declared = self.model.entity(entity.name)
+        if declared is None:
+            return
+        for attribute in declared.attributes:
+            if attribute.name not in fields or attribute.name == entity.key:
+                continue
+            column = quote(attribute.name)
+            code_list = self.model.code_list(attribute.code_list) if attribute.code_list else None
+            checks: list[tuple[str, list[Any], str]] = []
+            if attribute.required:
+                checks.append((f"{column} IS NULL", [], "a value is required"))
+            if code_list is not None:
+                list_name = code_list.external or code_list.name
+                shown = f" ({', '.join(code_list.codes[:12])})" if code_list.codes else ""
+                checks.append(
+                    (
+                        f"{column} IS NOT NULL AND CAST({column} AS VARCHAR) NOT IN "
+                        "(SELECT code FROM model_codes WHERE list = ?)",
+                        [list_name],
+                        f"is not a code of {code_list.name}{shown}",
+                    )
+                )
+            for condition, params, what in checks:
+                for row, value in cur.execute(
+                    f"SELECT _row, CAST({column} AS VARCHAR) FROM ingest_stage WHERE {condition} "
+                    f"ORDER BY _row LIMIT {MAX_REPORTED_ERRORS}",
+                    params,
+                ).fetchall():
+                    shown_value = "" if value is None else f"{value!r} "
+                    found.add(
+                        f"{file_label} {locate(int(row))}, column {attribute.name}: "
+                        f"{shown_value}{what} (model {self.model.label()})"
+                    )
 
     def _write_ingest(
         self,

@@ -54,6 +54,9 @@ class NodeInfo(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     COMPACTED_THROUGH_FIELD_NUMBER: _builtins.int
     STANDARDS_DIGEST_FIELD_NUMBER: _builtins.int
+    MODEL_DIGEST_FIELD_NUMBER: _builtins.int
+    PARENT_MODEL_DIGEST_FIELD_NUMBER: _builtins.int
+    DISCREPANCIES_DIGEST_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -70,6 +73,12 @@ class NodeInfo(_message.Message):
     """Digest of the standard items this node last received from the caller ("" if none),
     so the parent delivers them again only when they changed.
     """
+    model_digest: _builtins.str
+    """Digest of the model this node works with (its active model)."""
+    parent_model_digest: _builtins.str
+    """Digest of the model delivery this node last received from the caller ("" if none)."""
+    discrepancies_digest: _builtins.str
+    """Digest of the discrepancy set this node last received from the caller ("" if none)."""
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntitySchema]:
         """Entities this node holds, with their column names (for diagnostics)."""
@@ -86,10 +95,13 @@ class NodeInfo(_message.Message):
         node_id: _builtins.str = ...,
         compacted_through: _builtins.int = ...,
         standards_digest: _builtins.str = ...,
+        model_digest: _builtins.str = ...,
+        parent_model_digest: _builtins.str = ...,
+        discrepancies_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "entities", b"entities", "head_seq", b"head_seq", "name", b"name", "node_id", b"node_id", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "discrepancies_digest", b"discrepancies_digest", "entities", b"entities", "head_seq", b"head_seq", "model_digest", b"model_digest", "name", b"name", "node_id", b"node_id", "parent_model_digest", b"parent_model_digest", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,12 +185,15 @@ class ChangeBatch(_message.Message):
     HEAD_SEQ_FIELD_NUMBER: _builtins.int
     ENTITIES_FIELD_NUMBER: _builtins.int
     SENT_AT_US_FIELD_NUMBER: _builtins.int
+    MODEL_DIGEST_FIELD_NUMBER: _builtins.int
     after_seq: _builtins.int
     last_seq: _builtins.int
     head_seq: _builtins.int
     """The child's head when the batch was cut, for lag reporting."""
     sent_at_us: _builtins.int
     """Child's clock when the batch was cut (unix microseconds)."""
+    model_digest: _builtins.str
+    """On heartbeats: the digest of the child's model, so the parent pulls it when it changed."""
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntityChanges]: ...
     def __init__(
@@ -189,10 +204,11 @@ class ChangeBatch(_message.Message):
         head_seq: _builtins.int = ...,
         entities: _abc.Iterable[Global___EntityChanges] | None = ...,
         sent_at_us: _builtins.int = ...,
+        model_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "entities", b"entities", "head_seq", b"head_seq", "last_seq", b"last_seq", "sent_at_us", b"sent_at_us"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "entities", b"entities", "head_seq", b"head_seq", "last_seq", b"last_seq", "model_digest", b"model_digest", "sent_at_us", b"sent_at_us"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,3 +374,145 @@ class StandardsReceipt(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StandardsReceipt: _TypeAlias = StandardsReceipt  # noqa: Y015
+
+@_typing.final
+class GetModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_CODE_FIELD_NUMBER: _builtins.int
+    caller_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_code", b"caller_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+
+@_typing.final
+class ModelDocument(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_JSON_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    model_json: _builtins.str
+    """The model as canonical JSON (see node/model/schema.py) and its digest."""
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_json: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "model_json", b"model_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDocument: _TypeAlias = ModelDocument  # noqa: Y015
+
+@_typing.final
+class ModelDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_CODE_FIELD_NUMBER: _builtins.int
+    MODEL_JSON_FIELD_NUMBER: _builtins.int
+    MAPPING_JSON_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    parent_code: _builtins.str
+    model_json: _builtins.str
+    mapping_json: _builtins.str
+    """The parent's mapping of this child's local names to the model's names (JSON)."""
+    digest: _builtins.str
+    """Digest over model and mapping, checked on receipt."""
+    def __init__(
+        self,
+        *,
+        parent_code: _builtins.str = ...,
+        model_json: _builtins.str = ...,
+        mapping_json: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "mapping_json", b"mapping_json", "model_json", b"model_json", "parent_code", b"parent_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDelivery: _TypeAlias = ModelDelivery  # noqa: Y015
+
+@_typing.final
+class ModelReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelReceipt: _TypeAlias = ModelReceipt  # noqa: Y015
+
+@_typing.final
+class DiscrepancyDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_CODE_FIELD_NUMBER: _builtins.int
+    ARROW_IPC_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    parent_code: _builtins.str
+    arrow_ipc: _builtins.bytes
+    """Arrow IPC stream, one row per discrepancy (columns as in the store's table)."""
+    rows: _builtins.int
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent_code: _builtins.str = ...,
+        arrow_ipc: _builtins.bytes = ...,
+        rows: _builtins.int = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "digest", b"digest", "parent_code", b"parent_code", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscrepancyDelivery: _TypeAlias = DiscrepancyDelivery  # noqa: Y015
+
+@_typing.final
+class DiscrepancyReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscrepancyReceipt: _TypeAlias = DiscrepancyReceipt  # noqa: Y015

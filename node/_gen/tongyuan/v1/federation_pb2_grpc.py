@@ -55,6 +55,21 @@ class FederationStub:
                 request_serializer=tongyuan_dot_v1_dot_federation__pb2.StandardsDelivery.SerializeToString,
                 response_deserializer=tongyuan_dot_v1_dot_federation__pb2.StandardsReceipt.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/tongyuan.v1.Federation/GetModel',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.ModelDocument.FromString,
+                _registered_method=True)
+        self.DeliverModel = channel.unary_unary(
+                '/tongyuan.v1.Federation/DeliverModel',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.ModelDelivery.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.ModelReceipt.FromString,
+                _registered_method=True)
+        self.DeliverDiscrepancies = channel.unary_unary(
+                '/tongyuan.v1.Federation/DeliverDiscrepancies',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyDelivery.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyReceipt.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -92,6 +107,29 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """Upward, pulled: the entity-relationship model this node works with (its proposal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverModel(self, request, context):
+        """Downward: the caller's model and the caller's mapping of this node's local names to
+        it; the child keeps it until its operator adopts it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverDiscrepancies(self, request, context):
+        """Downward: every discrepancy the caller knows whose authoritative source is this
+        node or a node below it; the set replaces the previous one from the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +152,21 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.DeliverStandards,
                     request_deserializer=tongyuan_dot_v1_dot_federation__pb2.StandardsDelivery.FromString,
                     response_serializer=tongyuan_dot_v1_dot_federation__pb2.StandardsReceipt.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.GetModelRequest.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.ModelDocument.SerializeToString,
+            ),
+            'DeliverModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverModel,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.ModelDelivery.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.ModelReceipt.SerializeToString,
+            ),
+            'DeliverDiscrepancies': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverDiscrepancies,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyDelivery.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +278,87 @@ class Federation:
             '/tongyuan.v1.Federation/DeliverStandards',
             tongyuan_dot_v1_dot_federation__pb2.StandardsDelivery.SerializeToString,
             tongyuan_dot_v1_dot_federation__pb2.StandardsReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/GetModel',
+            tongyuan_dot_v1_dot_federation__pb2.GetModelRequest.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.ModelDocument.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/DeliverModel',
+            tongyuan_dot_v1_dot_federation__pb2.ModelDelivery.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.ModelReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverDiscrepancies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/DeliverDiscrepancies',
+            tongyuan_dot_v1_dot_federation__pb2.DiscrepancyDelivery.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.DiscrepancyReceipt.FromString,
             options,
             channel_credentials,
             insecure,

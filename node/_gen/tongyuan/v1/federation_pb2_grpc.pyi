@@ -50,6 +50,16 @@ class FederationStub:
     """Downward: the caller (this node's parent) delivers its whole set of standard
     catalogue items, its own and those from above; the set replaces the previous one.
     """
+    GetModel: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetModelRequest, _federation_pb2.ModelDocument]
+    """Upward, pulled: the entity-relationship model this node works with (its proposal)."""
+    DeliverModel: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ModelDelivery, _federation_pb2.ModelReceipt]
+    """Downward: the caller's model and the caller's mapping of this node's local names to
+    it; the child keeps it until its operator adopts it.
+    """
+    DeliverDiscrepancies: _grpc.UnaryUnaryMultiCallable[_federation_pb2.DiscrepancyDelivery, _federation_pb2.DiscrepancyReceipt]
+    """Downward: every discrepancy the caller knows whose authoritative source is this
+    node or a node below it; the set replaces the previous one from the caller.
+    """
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
@@ -68,6 +78,16 @@ class FederationAsyncStub(FederationStub):
     DeliverStandards: _aio.UnaryUnaryMultiCallable[_federation_pb2.StandardsDelivery, _federation_pb2.StandardsReceipt]  # type: ignore[assignment]
     """Downward: the caller (this node's parent) delivers its whole set of standard
     catalogue items, its own and those from above; the set replaces the previous one.
+    """
+    GetModel: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetModelRequest, _federation_pb2.ModelDocument]  # type: ignore[assignment]
+    """Upward, pulled: the entity-relationship model this node works with (its proposal)."""
+    DeliverModel: _aio.UnaryUnaryMultiCallable[_federation_pb2.ModelDelivery, _federation_pb2.ModelReceipt]  # type: ignore[assignment]
+    """Downward: the caller's model and the caller's mapping of this node's local names to
+    it; the child keeps it until its operator adopts it.
+    """
+    DeliverDiscrepancies: _aio.UnaryUnaryMultiCallable[_federation_pb2.DiscrepancyDelivery, _federation_pb2.DiscrepancyReceipt]  # type: ignore[assignment]
+    """Downward: every discrepancy the caller knows whose authoritative source is this
+    node or a node below it; the set replaces the previous one from the caller.
     """
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
@@ -108,6 +128,34 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_federation_pb2.StandardsReceipt, _abc.Awaitable[_federation_pb2.StandardsReceipt]]:
         """Downward: the caller (this node's parent) delivers its whole set of standard
         catalogue items, its own and those from above; the set replaces the previous one.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _federation_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.ModelDocument, _abc.Awaitable[_federation_pb2.ModelDocument]]:
+        """Upward, pulled: the entity-relationship model this node works with (its proposal)."""
+
+    @_abc_1.abstractmethod
+    def DeliverModel(
+        self,
+        request: _federation_pb2.ModelDelivery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.ModelReceipt, _abc.Awaitable[_federation_pb2.ModelReceipt]]:
+        """Downward: the caller's model and the caller's mapping of this node's local names to
+        it; the child keeps it until its operator adopts it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverDiscrepancies(
+        self,
+        request: _federation_pb2.DiscrepancyDelivery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.DiscrepancyReceipt, _abc.Awaitable[_federation_pb2.DiscrepancyReceipt]]:
+        """Downward: every discrepancy the caller knows whose authoritative source is this
+        node or a node below it; the set replaces the previous one from the caller.
         """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
