@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from node import __version__
@@ -201,6 +200,9 @@ def ingest(
     as_json: bool,
 ) -> None:
     """Import FILE (CSV, JSON Lines, Parquet, Excel) into RESOURCE."""
+    # Imported here: only this command draws a progress bar.
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     show = sys.stderr.isatty() and not as_json
     with (
         node_handle(ctx, write=True) as node,

@@ -19,12 +19,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import openpyxl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from openpyxl.utils import get_column_letter
 
 from node.errors import InputFileError
 
@@ -611,9 +609,21 @@ def _read_xlsx(path: Path) -> SourceFile:
     )
 
 
+def get_column_letter(number: int) -> str:
+    """Excel's column letters (1 → A, 27 → AA)."""
+    letters = ""
+    while number > 0:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
 def _xlsx_rows(path: Path) -> tuple[str, list[tuple[int, list[str | None]]], tuple[str, ...]]:
     """The first sheet's name, its non-empty rows as text with real row numbers, and the
     names of the sheets not read."""
+    # Imported here: it costs every command a tenth of a second, and few read Excel.
+    import openpyxl
+
     try:
         with path.open("rb") as handle:  # a handle, so openpyxl does not insist on the extension
             workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)

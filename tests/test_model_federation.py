@@ -13,9 +13,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import grpc
 from conftest import Cluster, Node, wait_until
 
-from node.model import base_model_path
+from node._gen.tongyuan.v1 import federation_pb2, federation_pb2_grpc
+from node.model import base_model_path, load_base_model
+from node.model.schema import NodeMapping, model_from_document
+from node.store.model import delivery_digest
 
 BASE = base_model_path().read_text(encoding="utf-8")
 COLUMNS = ["id_number", "name", "sex", "birth_date", "phone", "address", "division_code"]
@@ -295,3 +299,38 @@ def test_one_source_observation_discrepancy_and_correction_at_every_tier(
             (found["id"], "resolved", "agreed")
         ]
     assert re.fullmatch(r"[0-9a-f]{16}", found["id"])
+
+
+def test_a_delivered_model_is_checked_like_a_file_and_only_a_parent_may_deliver(
+    cluster: Cluster,
+) -> None:
+    county = cluster.node("320102", "xuanwu").start()
+    model = load_base_model()
+    mapping = NodeMapping()
+
+    def deliver(parent: str, doc: dict[str, Any]) -> grpc.RpcError:
+        delivered = model_from_document(doc)
+        with grpc.insecure_channel(county.address) as channel:
+            stub = federation_pb2_grpc.FederationStub(channel)
+            try:
+                stub.DeliverModel(
+                    federation_pb2.ModelDelivery(
+                        parent_code=parent,
+                        model_json=json.dumps(doc, ensure_ascii=False),
+                        mapping_json="{}",
+                        digest=delivery_digest(delivered, mapping),
+                    ),
+                    timeout=10,
+                )
+            except grpc.RpcError as exc:
+                return exc
+        raise AssertionError("the delivery was accepted")
+
+    hostile = model.document()
+    hostile["entities"][0]["attributes"][1]["name"] = "name'; DROP TABLE x; --"
+    refused = deliver("320100", hostile)
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must be lower-case letters" in str(refused.details())
+    stranger = deliver("320500", model.document())  # Suzhou is not above Xuanwu
+    assert stranger.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert as_json(county, "model", "show")["summary"]["offered"] is None

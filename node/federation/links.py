@@ -19,7 +19,7 @@ from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
 from node.config import Child, NodeConfig
 from node.errors import UserError
-from node.model.schema import model_from_json
+from node.model.files import check_document
 from node.store import IncomingBatch, Store
 from node.store.model import delivery_digest
 from node.wire import (
@@ -228,8 +228,10 @@ class ChildLink:
             reply = self._stub.GetModel(
                 pb.GetModelRequest(caller_code=self._config.code), timeout=10
             )
-            model = model_from_json(reply.model_json)
-        except (grpc.RpcError, ValueError) as exc:
+            # Checked like a model file: calibration and diffs read its names.
+            where = f"model of child {self.child.code}"
+            model = check_document(json.loads(reply.model_json), where)
+        except (grpc.RpcError, ValueError, UserError) as exc:
             log.warning(
                 "child %s: pulling its model failed: %s",
                 self.child.code,

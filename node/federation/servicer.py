@@ -18,7 +18,7 @@ from node.catalog.standards import digest
 from node.config import NodeConfig
 from node.divisions import is_within, lookup_division
 from node.errors import UserError
-from node.model.schema import mapping_from_document, model_from_json
+from node.model.files import check_document, check_mapping_document
 from node.store import Store
 from node.store.model import delivery_digest
 from node.store.sources import DISCREPANCY_SCHEMA
@@ -173,10 +173,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         parent = request.parent_code
         self._check_above(parent, context)
         try:
-            model = model_from_json(request.model_json)
-            mapping = mapping_from_document(json.loads(request.mapping_json or "{}"))
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model delivery: {exc}")
+            # Checked like a model file: its names become SQL identifiers at adoption.
+            where = f"model delivered by {parent}"
+            model = check_document(json.loads(request.model_json), where)
+            mapping = check_mapping_document(json.loads(request.mapping_json or "{}"), model, where)
+        except (ValueError, UserError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if delivery_digest(model, mapping) != request.digest:
             context.abort(grpc.StatusCode.DATA_LOSS, "model delivery does not match its digest")
         if self._store.models.offered_digest(parent) != request.digest:

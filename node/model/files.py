@@ -14,7 +14,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -800,6 +800,40 @@ def load_model(path: Path) -> Model:
     if model is None:
         raise ModelFileError(path, problems or [Problem(1, "not a model file")])
     return model
+
+
+def check_document(doc: Mapping[str, Any], where: str) -> Model:
+    """A model document from the wire or the store, checked exactly like a file (names
+    end up in SQL identifiers): a problem raises UserError naming `where`."""
+    shaped = _without_nulls({k: v for k, v in doc.items() if k != "published_by"})
+    model, problems = _check_model(shaped, {})
+    if model is None:
+        listed = "; ".join(p.message for p in problems[:_MAX_SHOWN]) or "not a model"
+        raise UserError(f"{where}: {listed}")
+    return replace(model, published_by=str(doc.get("published_by", "")))
+
+
+def check_mapping_document(doc: Mapping[str, Any], model: Model, where: str) -> NodeMapping:
+    """One child's mapping document from the wire, checked like a mapping file's table."""
+    check = _Checker({})
+    mappings: dict[str, EntityMapping] = {}
+    for standard, spec in doc.items():
+        shaped = _without_nulls(spec) if isinstance(spec, dict) else spec
+        mapping = _check_entity_mapping(check, (standard,), "this node", standard, shaped, model)
+        if mapping is not None:
+            mappings[standard] = mapping
+    if check.problems:
+        raise UserError(f"{where}: " + "; ".join(p.message for p in check.problems[:_MAX_SHOWN]))
+    return NodeMapping(mappings)
+
+
+def _without_nulls(value: Any) -> Any:
+    """A document's shape as a file writes it: TOML has no null, so absent keys."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def load_mapping(path: Path, model: Model) -> dict[str, NodeMapping]:
