@@ -3,7 +3,9 @@
 (a) backfill of N Person records county → city, against a raw ceiling measured in the
     same run: DuckDB → Arrow IPC → gRPC → DuckDB in two processes, no Tongyuan code;
 (b) subscribe-mode latency of single-row changes county → city → province;
-(c) peak memory (RSS) of the city process during a large backfill.
+(c) peak memory (RSS) of the city process during a large backfill;
+(d) one source: an observing import of N values of another department's records, and the
+    cross-check of them against the N authoritative records (in process, one store).
 
 Run through `scripts/bench` (which installs what it needs); `--quick` for a smoke run.
 """
@@ -38,6 +40,7 @@ from node._gen.tongyuan.v1 import federation_pb2_grpc as fpb_grpc
 from node.admin import RemoteNode, read_endpoint
 from node.demo_data import bench_people
 from node.errors import NodeUnavailable
+from node.store import Store
 from node.wire import GRPC_MESSAGE_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,6 +329,47 @@ def latency(work: Path, changes: int, preload: int) -> list[float]:
 # ----- driver ------------------------------------------------------------------------------
 
 
+def sources_once(county: BenchNode, rows: int, run: int) -> tuple[float, float, int]:
+    """(d) on the stopped county's store: another department's copy of every address, one in
+    a hundred different, imported as observations; then the cross-check. Returns (import
+    seconds, cross-check seconds, discrepancies found)."""
+    resource = f"{county.code}-RS-{run:03d}"
+    tongyuan(
+        county.directory, "catalog", "add", "--code", resource, "--name", "参保人员地址",
+        "--summary", "benchmark observations", "--department", "人社局", "--entity", "person",
+        "--fields", "id_number,address", "--source-department", "公安局",
+        "--frequency", "daily", "--sharing", "unconditional", "--publish",
+    )  # fmt: skip
+    people = bench_people(rows, county.code, seed=1).select(["id_number", "address"])
+    addresses = people.column("address").to_numpy(zero_copy_only=False).copy()
+    addresses[::100] = "另一地址"
+    copy = people.set_column(1, "address", pa.array(addresses, pa.string()))
+    store = Store.open(county.directory / "store.duckdb", memory_limit="4GB")
+    try:
+        entity = store.entities["person"]
+        started = time.perf_counter()
+        store.ingest(
+            entity,
+            copy,
+            file_label="bench",
+            locate=lambda row: f"row {row + 1}",
+            origin_node=county.code,
+            department="人社局",
+            snapshot=False,
+            resource=resource,
+            columns=["id_number", "address"],
+            observing=(county.code, "公安局"),
+        )
+        imported = time.perf_counter() - started
+        started = time.perf_counter()
+        store.sources.crosscheck()
+        checked = time.perf_counter() - started
+        found = store.sources.counts()["open"]
+    finally:
+        store.close()
+    return imported, checked, found
+
+
 def prepare_county(work: Path, rows: int, name: str) -> tuple[BenchNode, int]:
     county = BenchNode(work / name, "320102")
     data = work / f"{name}.parquet"
@@ -387,6 +431,13 @@ def main() -> None:
         )
         for r in range(args.runs)
     ]
+    sources = [
+        timed(
+            f"observations and cross-check run {r + 1}",
+            lambda r=r: sources_once(county, args.rows, r),
+        )
+        for r in range(args.runs)
+    ]
     lat = timed(f"{args.changes} single-row changes", lambda: latency(work, args.changes, 10_000))
     big, big_head = timed(
         f"loading {args.memory_rows:,} people",
@@ -432,6 +483,19 @@ def main() -> None:
             f"{args.memory_rows:,} rows",
             f"{peak / 2**30:.2f} GiB",
             f"{args.memory_rows / big_seconds:,.0f} rows/s; goal < 1.5 GiB",
+        ),
+        (
+            "(d) observing import (one source)",
+            f"{args.rows:,} values",
+            f"{args.rows / median([d[0] for d in sources]):,.0f} values/s",
+            f"median {median([d[0] for d in sources]):.2f} s; observations, no record written",
+        ),
+        (
+            "(d) cross-check against the source",
+            f"{args.rows:,} values",
+            f"{args.rows / median([d[1] for d in sources]):,.0f} values/s",
+            f"median {median([d[1] for d in sources]):.2f} s; {sources[0][2]:,} discrepancies "
+            "(1 in 100 differs)",
         ),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
