@@ -237,6 +237,16 @@ def ingest(
             )
         )
     seqs = f" (seq {result['first_seq']}..{result['last_seq']})" if result["changes"] else ""
+    if result.get("observed_source"):
+        node, department = result["observed_source"]
+        click.echo(
+            f"{result['resource']}: {result['rows_read']} rows read from {result['file']}; its "
+            f"values are observations of {node} {department}'s records (one source per "
+            f"attribute), none written to them: {result['inserted']} new, "
+            f"{result['updated']} changed, {result['deleted']} withdrawn, "
+            f"{result['unchanged']} unchanged{seqs}"
+        )
+        return
     click.echo(
         f"{result['resource']} ({result['entity']}): {result['rows_read']} rows read from "
         f"{result['file']}: "

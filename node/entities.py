@@ -64,6 +64,8 @@ class Entity:
     key: str
     columns: tuple[Column, ...]
     description: str = ""
+    # Attributes the model requires (a row from a child lacking one is refused).
+    required: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:

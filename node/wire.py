@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node.catalog.standards import StandardItem
 from node.divisions import Tier, tier_of
-from node.entities import Entity
+from node.entities import COLUMN_TYPES, INTERNAL_NAMES, Entity
 from node.errors import UserError
+from node.model.adoption import WIDENINGS
 from node.store import ChangeWindow, IncomingBatch
 
 # Both ends raise gRPC's 4 MiB default; windows are sized in changes, not bytes.
@@ -94,8 +95,10 @@ def _fit(table: pa.Table, entity: Entity, where: str) -> pa.Table:
     column this node's model does not have is refused."""
     expected = entity.wire_schema()
     names = set(table.column_names)
-    attributes = set(entity.column_names) - {entity.key}
-    missing = [f.name for f in expected if f.name not in names and f.name not in attributes]
+    optional = set(entity.column_names) - {entity.key, *entity.required}
+    if entity.name in INTERNAL_NAMES:
+        optional = set()  # the node's own tables have one shape at every tier
+    missing = [f.name for f in expected if f.name not in names and f.name not in optional]
     extra = [n for n in table.column_names if n not in expected.names]
     if missing or extra:
         detail = []
@@ -116,7 +119,9 @@ def _fit(table: pa.Table, entity: Entity, where: str) -> pa.Table:
         same_kind = actual == field.type or (
             pa.types.is_timestamp(actual) and pa.types.is_timestamp(field.type)
         )
-        if not same_kind:
+        # A type this node widened (its child not having adopted yet) converts losslessly.
+        widened = (_column_type(actual), _column_type(field.type)) in WIDENINGS
+        if not same_kind and not widened:
             raise BatchRejected(
                 f"{where}, entity {entity.name}, column {field.name}: type {actual} "
                 f"does not fit {field.type}"
@@ -133,6 +138,14 @@ def _fit(table: pa.Table, entity: Entity, where: str) -> pa.Table:
                 f"{where}, entity {entity.name}, column {field.name}: {exc}"
             ) from None
     return pa.Table.from_arrays(columns, schema=expected)
+
+
+def _column_type(arrow_type: pa.DataType) -> str | None:
+    """The model's name for an Arrow type on the wire (None if it has none)."""
+    for name, (_, known) in COLUMN_TYPES.items():
+        if arrow_type == known or (pa.types.is_timestamp(arrow_type) and name == "timestamp"):
+            return name
+    return None
 
 
 def _division_prefix(code: str) -> str:

@@ -16,11 +16,11 @@ import pytest
 from node.catalog.operations import CatalogService
 from node.config import CONFIG_FILE, NodeConfig, load_config, render_initial_config
 from node.errors import UserError
-from node.model import load_base_model
+from node.model import base_model_path, load_base_model
 from node.model.adoption import plan_adoption
 from node.model.files import load_mapping, load_model
 from node.model.operations import ModelService
-from node.model.schema import Model, NodeMapping
+from node.model.schema import EntityMapping, Model, NodeMapping
 from node.store import Store
 from node.store.model import delivery_digest
 
@@ -362,3 +362,75 @@ def test_a_local_entity_may_be_renamed_over_one_the_plan_drops(
     else:
         names = node.rows("SELECT name FROM person ORDER BY name")
         assert [r["name"] for r in names] == ["张三", "李四"]
+
+
+def test_swapped_names_and_own_renames_keep_values_and_a_key_keeps_its_type(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    node = Node(tmp_path / "county", load_base_model())
+    nodes.append(node)
+    node.register("person", ["id_number", "name", "address"])
+    node.ingest(
+        "person",
+        {"id_number": ["320102199001011234"], "name": ["玄武区1号"], "address": ["张三"]},
+    )
+    # A swap (a county that filled name and address the wrong way round) renames through
+    # temporary names instead of failing on "column already exists".
+    swapped = NodeMapping(
+        {"person": EntityMapping("person", (("address", "name"), ("name", "address")))}
+    )
+    plan = plan_adoption(node.store.model, city_model(), swapped)
+    assert not plan.loses_data
+    node.offer(city_model(), swapped)
+    node.models.adopt(actor="tester")
+    assert node.rows("SELECT name, address FROM person") == [
+        {"name": "张三", "address": "玄武区1号"}
+    ]
+    # Two local names for one standard attribute cannot both be kept.
+    doubled = NodeMapping(
+        {"natural_person": EntityMapping("natural_person", (("gender", "full_name"),))}
+    )
+    with pytest.raises(ValueError, match="would both become full_name"):
+        plan_adoption(local_model(tmp_path), replace(local_model(tmp_path)), doubled)
+
+    # A node's own rename (a mapping entry under its own code) keeps the values.
+    base = load_base_model()
+    text = (
+        base_model_path()
+        .read_text(encoding="utf-8")
+        .replace('version = "1.0.0"', 'version = "2.0.0"', 1)
+    )
+    person = text.index('name = "person"')
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(
+        text[:person] + text[person:].replace('name = "phone"', 'name = "mobile"', 1),
+        encoding="utf-8",
+    )
+    node.ingest("person", {"id_number": ["320102199001011234"], "phone": ["13800000001"]})
+    own = tmp_path / "own.toml"
+    own.write_text(
+        f'[children."{COUNTY}".person]\nattributes = {{ phone = "mobile" }}\n', encoding="utf-8"
+    )
+    result = node.models.publish(str(renamed), str(own), allow_breaking=True, actor="tester")
+    assert "rename attribute person.phone → mobile" in [s["step"] for s in result["plan"]]
+    assert node.rows("SELECT mobile FROM person WHERE id_number = '320102199001011234'") == [
+        {"mobile": "13800000001"}
+    ]
+
+    # A key that would change type (so '007' and '7' become one record) is refused.
+    typed = replace(
+        base,
+        entities=tuple(
+            replace(
+                e,
+                attributes=tuple(
+                    replace(a, type="integer") if a.name == "uscc" else a for a in e.attributes
+                ),
+            )
+            if e.name == "legal_entity"
+            else e
+            for e in base.entities
+        ),
+    )
+    with pytest.raises(ValueError, match="key uscc would change type"):
+        plan_adoption(base, typed, NodeMapping())

@@ -24,6 +24,7 @@ PERSON = Entity(
     name="person",
     key="id_number",
     description="Natural person (自然人), keyed by citizen ID number (GB 11643).",
+    required=("id_number", "name"),
     columns=(
         Column("id_number", "string"),
         Column("name", "string"),
@@ -38,6 +39,7 @@ LEGAL_ENTITY = Entity(
     name="legal_entity",
     key="uscc",
     description="Legal entity (法人), keyed by unified social credit code (GB 32100).",
+    required=("uscc", "name"),
     columns=(
         Column("uscc", "string"),
         Column("name", "string"),

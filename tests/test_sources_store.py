@@ -271,6 +271,12 @@ def test_the_crosscheck_opens_closes_reopens_and_withdraws_discrepancies(
     assert city.discrepancies()[(ZHANG, "sex")]["state"] == "open"
     assert city.store.sources.counts() == {"open": 1, "resolved": 1, "observations": 2}
 
+    # The source deletes Zhang's record: nothing is left to disagree with.
+    source.ingest(SOURCE, [person(LI, "李四", "2")], snapshot=True)
+    sync(nodes)
+    zhang = city.discrepancies()[(ZHANG, "sex")]
+    assert (zhang["state"], zhang["resolution"]) == ("resolved", "record deleted")
+
 
 # ----- downward delivery ---------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from node.entities import Entity
+from node._gen.tongyuan.v1 import federation_pb2 as pb
+from node.entities import Column, Entity
 from node.model import load_base_model
 from node.store import BatchGap, IncomingBatch, IngestResult, Store
-from node.wire import BatchRejected, decode_batch, encode_window
+from node.wire import BatchRejected, decode_batch, decode_table, encode_table, encode_window
 
 COUNTY, CITY, PROVINCE = "320102", "320100", "320000"
 ENTITIES: dict[str, Entity] = load_base_model().storage_entities()
@@ -363,3 +365,40 @@ def test_a_commit_is_published_before_the_next_writer_can_commit(tmp_path: Path)
     b.join(5)
     assert published == ["first", "second"]
     db.close()
+
+
+def test_the_wire_fits_a_child_on_an_older_model_but_never_loses_required_values(
+    stores: dict[str, Store],
+) -> None:
+    """A child that has not adopted the parent's latest compatible model still fits: an
+    optional attribute it lacks arrives empty, a type the parent widened converts; a
+    required attribute it lacks is refused."""
+    ingest(stores[COUNTY], [person(1)])
+    message = encode_window(stores[COUNTY].read_window(0, 100))
+    (part,) = [p for p in message.entities if p.entity == "person"]
+    table = decode_table(part.arrow_ipc)
+
+    def resent(changed: pa.Table) -> pb.ChangeBatch:
+        batch = pb.ChangeBatch()
+        batch.CopyFrom(message)
+        del batch.entities[:]
+        batch.entities.append(
+            pb.EntityChanges(entity="person", arrow_ipc=encode_table(changed), rows=1)
+        )
+        return batch
+
+    without_phone = decode_batch(resent(table.drop_columns(["phone"])), ENTITIES, COUNTY)
+    assert without_phone.tables["person"].column("phone").to_pylist() == [None]
+    with pytest.raises(BatchRejected, match=r"missing column\(s\) name"):
+        decode_batch(resent(table.drop_columns(["name"])), ENTITIES, COUNTY)
+    widened = {
+        **ENTITIES,
+        "person": replace(
+            PERSON,
+            columns=tuple(
+                Column(c.name, "timestamp") if c.name == "birth_date" else c for c in PERSON.columns
+            ),
+        ),
+    }
+    converted = decode_batch(message, widened, COUNTY).tables["person"]
+    assert str(converted.column("birth_date")[0].as_py()) == "1990-01-01 00:00:00"

@@ -154,6 +154,7 @@ class CatalogService:
         """One source per attribute (一数一源): at this node, only one department may be
         the authoritative source of an entity's attribute."""
         claims: dict[tuple[str, str], Entry] = {}
+        publishing = {e.code for e in entries}
         others = [
             self.tables.own_entry(d["code"])
             for d in self.tables.entries(self.config.code)
@@ -167,7 +168,13 @@ class CatalogService:
                 if item.name == entity.key:
                     continue
                 holder = claims.get((entry.entity, item.name))
-                if holder is not None and holder.department != entry.department:
+                # Only conflicts this publication would create are refused: two resources
+                # published before the rule existed do not block unrelated work.
+                if (
+                    holder is not None
+                    and holder.department != entry.department
+                    and entry.code in publishing
+                ):
                     raise UserError(
                         f"resource {entry.code}: {entry.department} cannot be the source of "
                         f"{entry.entity}.{item.name}: {holder.department} already is at node "

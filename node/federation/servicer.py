@@ -32,6 +32,14 @@ MAX_WINDOW_CHANGES = 262144
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
 
 
+def _within(code: str, ancestor: str) -> bool:
+    """`code` is `ancestor` or below it; False for anything not a division code."""
+    try:
+        return is_within(code, ancestor)
+    except UserError:
+        return False
+
+
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(self, config: NodeConfig, store: Store, stopping: threading.Event) -> None:
         self._config = config
@@ -207,7 +215,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         outside = [
             s
             for s in table.column("source_node").to_pylist()
-            if not is_within(s, self._config.code)
+            if not (isinstance(s, str) and _within(s, self._config.code))
         ]
         if outside:
             context.abort(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.model.schema import Model, ModelEntity, NodeMapping
+from node.model.schema import EntityMapping, Model, ModelEntity, NodeMapping
 
 # (from, to) column types a value always converts into without loss.
 WIDENINGS = frozenset(
@@ -105,20 +105,51 @@ def plan_adoption(current: Model, target: Model, mapping: NodeMapping) -> Plan:
             steps.append(Step("rename_entity", local.name, new_name=standard.name))
         attribute_renames: list[tuple[str, str]] = []
         kept: set[str] = set()
+        targets: dict[str, str] = {}
+        for attribute in local.attributes:
+            std_name = names.standard_name(attribute.name)
+            if standard.attribute(std_name) is not None and std_name in targets:
+                raise ValueError(
+                    f"entity {standard.name}: local attributes {targets[std_name]} and "
+                    f"{attribute.name} would both become {std_name}; map only one of them to it"
+                )
+            targets[std_name] = attribute.name
+        # Drops first, then renames (through temporary names when one rename's target is
+        # another's source: a chain or a swap), then type changes.
+        renamed = [
+            (a.name, names.standard_name(a.name))
+            for a in local.attributes
+            if standard.attribute(names.standard_name(a.name)) is not None
+            and names.standard_name(a.name) != a.name
+        ]
+        chained = {new for _, new in renamed} & {a.name for a in local.attributes}
+        for attribute in local.attributes:
+            if standard.attribute(names.standard_name(attribute.name)) is None:
+                steps.append(Step("drop_attribute", standard.name, attribute.name, loses_data=True))
+                dropped.append((local.name, attribute.name))
+        for i, (old_name, new_name) in enumerate(renamed):
+            via = f"_renaming_{i}" if chained else new_name
+            steps.append(Step("rename_attribute", standard.name, old_name, new_name=via))
+            attribute_renames.append((old_name, new_name))
+        if chained:
+            for i, (_, new_name) in enumerate(renamed):
+                steps.append(
+                    Step("rename_attribute", standard.name, f"_renaming_{i}", new_name=new_name)
+                )
         for attribute in local.attributes:
             std_name = names.standard_name(attribute.name)
             std_attr = standard.attribute(std_name)
             if std_attr is None:
-                steps.append(Step("drop_attribute", standard.name, attribute.name, loses_data=True))
-                dropped.append((local.name, attribute.name))
                 continue
             kept.add(std_name)
-            if std_name != attribute.name:
-                steps.append(
-                    Step("rename_attribute", standard.name, attribute.name, new_name=std_name)
-                )
-                attribute_renames.append((attribute.name, std_name))
             if std_attr.type != attribute.type:
+                if std_name == standard.key and std_attr.type != "string":
+                    raise ValueError(
+                        f"entity {standard.name}: its key {std_name} would change type from "
+                        f"{attribute.type} to {std_attr.type}; keys such as '007' and '7' "
+                        "would become one record — keep the key's type, or export and "
+                        "re-import the data"
+                    )
                 steps.append(
                     Step(
                         "change_type",
@@ -168,3 +199,33 @@ def _codes(model: Model, code_list: str | None) -> tuple[str, ...] | None:
     if found is None or found.external:
         return (f"external:{found.external}",) if found else None
     return found.codes
+
+
+def carry_mappings(
+    mappings: dict[str, NodeMapping], plan: Plan
+) -> tuple[dict[str, NodeMapping], list[str]]:
+    """This node's mappings for its children, moved along with its own store: names the
+    plan renamed follow, names the target lacks are dropped (and reported)."""
+    entity_renames = {old: new for old, new, _ in plan.renames}
+    attribute_renames = {new: dict(attrs) for _, new, attrs in plan.renames}
+    carried: dict[str, NodeMapping] = {}
+    notes: list[str] = []
+    for child, mapping in mappings.items():
+        entities: dict[str, EntityMapping] = {}
+        for standard, names in mapping.entities.items():
+            moved = entity_renames.get(standard, standard)
+            entity = plan.target.entity(moved)
+            if entity is None:
+                notes.append(f"mapping of {child}: entity {standard} is gone, dropped")
+                continue
+            renamed = attribute_renames.get(moved, {})
+            pairs = []
+            for local, target in names.attributes:
+                target = renamed.get(target, target)
+                if entity.attribute(target) is None:
+                    notes.append(f"mapping of {child}: {moved}.{target} is gone, dropped")
+                    continue
+                pairs.append((local, target))
+            entities[moved] = EntityMapping(names.local_name, tuple(sorted(pairs)))
+        carried[child] = NodeMapping(entities)
+    return carried, notes

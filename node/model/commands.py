@@ -106,6 +106,8 @@ def _path_or_name(value: str) -> str:
 def _print_plan(answer: dict[str, Any]) -> None:
     for step in answer.get("plan", []):
         console.print(f"  {step['step']}", highlight=False)
+    for note in answer.get("notes", []):
+        console.print(f"  note: {note}", style="yellow", highlight=False)
 
 
 @model.command("publish")

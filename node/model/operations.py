@@ -13,7 +13,7 @@ from typing import Any
 
 from node.config import NodeConfig
 from node.errors import UserError
-from node.model.adoption import Plan, plan_adoption
+from node.model.adoption import Plan, carry_mappings, plan_adoption
 from node.model.calibrate import calibrate
 from node.model.compat import breaking, check_version, diff, required_bump
 from node.model.files import load_mapping, load_model, mapping_toml
@@ -145,10 +145,13 @@ class ModelService:
                 f"({listed}); nothing was changed — publish it with --allow-breaking if that "
                 "is intended"
             )
-        mappings = load_mapping(Path(mapping), model) if mapping else None
-        plan = self._plan(active, model, NodeMapping())
-        self._migrate(plan, f"published by {self.config.code}", actor, mappings)
-        return report | {"plan": _plan_doc(plan), "published": model.label()}
+        mappings = load_mapping(Path(mapping), model) if mapping else {}
+        # An entry under this node's own code renames attributes of its own store (a
+        # rename is otherwise a drop and an add, and the values would go).
+        own = mappings.pop(self.config.code, NodeMapping())
+        plan = self._plan(active, model, own)
+        notes = self._migrate(plan, f"published by {self.config.code}", actor, mappings)
+        return report | {"plan": _plan_doc(plan), "published": model.label(), "notes": notes}
 
     def adopt(
         self, allow_breaking: bool = False, dry_run: bool = False, actor: str = "unknown"
@@ -181,8 +184,8 @@ class ModelService:
                 "changed — review the plan (`tongyuan model adopt --dry-run`) and rerun with "
                 "--allow-breaking to consent"
             )
-        self._migrate(plan, f"adopted from {offer.parent}", actor, None)
-        return result | {"adopted": True}
+        notes = self._migrate(plan, f"adopted from {offer.parent}", actor, {})
+        return result | {"adopted": True, "notes": notes}
 
     def _plan(self, active: Model, target: Model, mapping: NodeMapping) -> Plan:
         try:
@@ -195,8 +198,13 @@ class ModelService:
         plan: Plan,
         action: str,
         actor: str,
-        mappings: dict[str, NodeMapping] | None,
-    ) -> None:
+        mappings: dict[str, NodeMapping],
+    ) -> list[str]:
+        """Move the store; the children's mappings (new ones, else the saved ones carried
+        along) are saved in the same transaction. Returns notes on mappings dropped."""
+        saved = {c: m for c, m in self.tables.child_mappings().items() if c not in mappings}
+        carried, notes = carry_mappings(saved, plan)
+        carried.update(mappings)  # new ones already name the target's attributes
         types = {(e.name, a.name): a.type for e in plan.target.entities for a in e.attributes}
         catalog, sources = self.store.catalog, self.store.sources
 
@@ -209,8 +217,9 @@ class ModelService:
             ]
 
         self.tables.migrate(
-            plan, action=action, actor=actor, child_mappings=mappings, rewrite_names=rewrite_names
+            plan, action=action, actor=actor, child_mappings=carried, rewrite_names=rewrite_names
         )
+        return notes
 
     def set_mapping(self, path: str) -> dict[str, Any]:
         """Replace this node's mapping of its children's local names (without a new model)."""

@@ -78,7 +78,13 @@ class ModelEntity:
     def to_entity(self) -> Entity:
         """The storage shape of this entity (one column per attribute)."""
         columns = tuple(Column(a.name, a.type) for a in self.attributes)
-        return Entity(name=self.name, key=self.key, columns=columns, description=self.description)
+        return Entity(
+            name=self.name,
+            key=self.key,
+            columns=columns,
+            description=self.description,
+            required=tuple(a.name for a in self.attributes if a.required),
+        )
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,11 @@ class ModelStore:
             ).fetchone()
         return mapping_from_document(json.loads(row[0])) if row else NodeMapping()
 
+    def child_mappings(self) -> dict[str, NodeMapping]:
+        with self._db.read() as cur:
+            rows = cur.execute("SELECT child_code, doc FROM tongyuan.model_mappings").fetchall()
+        return {str(r[0]): mapping_from_document(json.loads(r[1])) for r in rows}
+
     def child_models(self) -> list[ChildModel]:
         with self._db.read() as cur:
             rows = cur.execute(
@@ -221,8 +226,39 @@ class ModelStore:
         """
         store = self._store
         publication = store.publication()
+        heads: dict[str, int] = {}
+
+        def switch() -> None:
+            # Still holding the writer, before anyone hears of the new head: readers
+            # never see the new tables under the old model.
+            store.use_model(plan.target, heads)
+            publication.fire()
+
+        try:
+            self._migrate(
+                plan, action, actor, child_mappings, rewrite_names, heads, switch, publication
+            )
+        except duckdb.Error as exc:  # a step the plan did not foresee; rolled back
+            raise UserError(
+                f"moving the store to model {plan.target.label()} failed, nothing was changed: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+        self.generation += 1
+
+    def _migrate(
+        self,
+        plan: Plan,
+        action: str,
+        actor: str,
+        child_mappings: Mapping[str, NodeMapping] | None,
+        rewrite_names: Callable[[duckdb.DuckDBPyConnection, Plan], list[str]],
+        heads: dict[str, int],
+        switch: Callable[[], None],
+        publication: Any,
+    ) -> None:
+        store = self._store
         with self._db.write(
-            arrow={"model_codes": model_codes_table(plan.target)}, on_commit=publication.fire
+            arrow={"model_codes": model_codes_table(plan.target)}, on_commit=switch
         ) as cur:
             for step in plan.steps:
                 self._run_step(cur, step, plan.target)
@@ -242,8 +278,7 @@ class ModelStore:
             written = rewrite_names(cur, plan)
             head = int(cur.execute("SELECT seq FROM tongyuan.head").fetchone()[0])  # type: ignore[index]
             publication.set(head, written)
-        store.use_model(plan.target)
-        self.generation += 1
+            heads.update(store.read_entity_heads(store.log_entities_of(plan.target), cur))
 
     @staticmethod
     def _run_step(cur: duckdb.DuckDBPyConnection, step: Step, target: Model) -> None:

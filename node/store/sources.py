@@ -200,39 +200,62 @@ class SourcesStore:
 
     def crosscheck(self) -> int:
         """Compare what changed since the last run (observations or authoritative records)
-        with the other side; returns how many discrepancies opened, changed or closed."""
+        with the other side; returns how many discrepancies opened, changed or closed.
+
+        The comparison (the expensive part: keys normalised and joined) reads a snapshot
+        without holding the writer, so imports and link applies go on meanwhile; only the
+        resulting discrepancy changes take the writer, briefly."""
         if not self.has_observations():
             return 0
-        now = datetime.now(UTC)
-        changed = 0
-        with self._db.write() as cur:
-            (watermark,) = cur.execute("SELECT watermark FROM tongyuan.crosscheck").fetchone()  # type: ignore[misc]
-            (head,) = cur.execute("SELECT seq FROM tongyuan.head").fetchone()  # type: ignore[misc]
+        with self._db.read() as cur:
+            cur.execute("BEGIN TRANSACTION")  # one snapshot for the head and the pairs
+            ((watermark, head),) = cur.execute(
+                "SELECT c.watermark, h.seq FROM tongyuan.crosscheck c, tongyuan.head h"
+            ).fetchall()
             if head <= watermark:
+                cur.execute("COMMIT")
                 return 0
-            for entity in self._store.entities.values():
-                changed += self._crosscheck_entity(cur, entity, int(watermark), now)
+            pairs = [
+                cur.sql(sql, params=params).to_arrow_table()
+                for sql, params in (
+                    self._pairs_sql(entity, int(watermark))
+                    for entity in self._store.entities.values()
+                    if any(c.name != entity.key for c in entity.columns)
+                )
+            ]
+            withdrawn = cur.sql(
+                f"SELECT obs_id AS id FROM {entity_table(OBSERVATIONS)} "
+                f"WHERE _deleted AND _seq > {int(watermark)}"
+            ).to_arrow_table()
+            cur.execute("COMMIT")
+        found = pa.concat_tables(pairs) if pairs else pa.table({})
+        now = datetime.now(UTC)
+        arrow = {"crosscheck_pairs": found, "crosscheck_withdrawn": withdrawn}
+        with self._db.write(arrow=arrow) as cur:
+            (current,) = cur.execute("SELECT watermark FROM tongyuan.crosscheck").fetchone()  # type: ignore[misc]
+            if current != watermark:
+                return 0  # another run got there first
+            changed = self._record_pairs(cur, now) if found.num_rows else 0
             # An observation withdrawn (deleted) closes its discrepancy.
-            (withdrawn,) = cur.execute(
+            (closed,) = cur.execute(
                 "UPDATE tongyuan.discrepancies SET state = 'resolved', resolution = 'withdrawn', "
                 "resolved_at = ? WHERE received_from IS NULL AND state = 'open' AND id IN "
-                f"(SELECT obs_id FROM {entity_table(OBSERVATIONS)} WHERE _deleted AND _seq > ?)",
-                [now, watermark],
+                "(SELECT id FROM crosscheck_withdrawn)",
+                [now],
             ).fetchone()  # type: ignore[misc]
-            changed += int(withdrawn)
+            changed += int(closed)
             cur.execute("UPDATE tongyuan.crosscheck SET watermark = ?", [head])
         if changed:
             self.generation += 1
         return changed
 
-    def _crosscheck_entity(
-        self, cur: duckdb.DuckDBPyConnection, entity: Entity, watermark: int, now: datetime
-    ) -> int:
+    @staticmethod
+    def _pairs_sql(entity: Entity, watermark: int) -> tuple[str, dict[str, Any]]:
+        """Each observation of `entity` paired with its source's record, where either side
+        changed after `watermark` (one row per observation, a live record first)."""
         observations = entity_table(OBSERVATIONS)
         records = entity_table(entity)
         attributes = [c for c in entity.columns if c.name != entity.key]
-        if not attributes:
-            return 0
         authoritative = (
             "CASE o.attribute "
             + " ".join(
@@ -240,31 +263,47 @@ class SourcesStore:
             )
             + " END"
         )
+        # The observed text as the attribute's type writes it (an observation made before
+        # a widening, 1990-01-01, equals the timestamp 1990-01-01 00:00:00).
+        observed = (
+            "CASE o.attribute "
+            + " ".join(
+                f"WHEN '{c.name}' THEN COALESCE(CAST(TRY_CAST(o.value AS {c.sql_type}) "
+                "AS VARCHAR), o.value)"
+                for c in attributes
+                if c.type != "string"
+            )
+            + " ELSE o.value END"
+        )
+        names = ", ".join(f"'{c.name}'" for c in attributes)
         key = quote(entity.key)
         pair = (
-            f"SELECT o.obs_id AS id, o.record_key, o.attribute, o.value AS observed_value, "
-            f"{authoritative} AS authoritative_value, o.source_node, o.source_dept, "
-            f"CAST(r.{key} AS VARCHAR) AS source_key, r.origin_resource AS source_resource, "
-            "r._deleted AS record_deleted, o.origin_node AS observer_node, "
-            "o.origin_dept AS observer_dept, o.origin_resource AS observer_resource "
+            f"SELECT o.obs_id AS id, o.entity, o.record_key, o.attribute, "
+            f"{observed} AS observed_value, {authoritative} AS authoritative_value, "
+            f"o.source_node, o.source_dept, CAST(r.{key} AS VARCHAR) AS source_key, "
+            "r.origin_resource AS source_resource, r._deleted AS record_deleted, "
+            "o.origin_node AS observer_node, o.origin_dept AS observer_dept, "
+            "o.origin_resource AS observer_resource "
         )
         normalised = f"(SELECT *, {norm_key_sql('r0.' + key)} AS _norm FROM {records} r0"
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE crosscheck_pairs AS "
+        sql = (
             f"SELECT DISTINCT ON (id) * FROM ("
             f"{pair} FROM (SELECT * FROM {observations} WHERE entity = $entity "
-            "AND NOT _deleted AND _seq > $watermark) o "
+            f"AND attribute IN ({names}) AND NOT _deleted AND _seq > $watermark) o "
             f"JOIN {normalised}) r ON r.origin_node = o.source_node AND r._norm = o.norm_key "
             "UNION ALL "
             f"{pair} FROM (SELECT * FROM {observations} WHERE entity = $entity "
-            "AND NOT _deleted) o "
+            f"AND attribute IN ({names}) AND NOT _deleted) o "
             f"JOIN {normalised} WHERE r0._seq > $watermark) r "
             "ON r.origin_node = o.source_node AND r._norm = o.norm_key"
-            ") ORDER BY id, record_deleted",
-            {"entity": entity.name, "watermark": watermark},
+            ") ORDER BY id, record_deleted"
         )
-        # Disagreements: new ones open; open ones whose values changed are refreshed
-        # (keeping when they were found); resolved ones disagreeing again reopen.
+        return sql, {"entity": entity.name, "watermark": watermark}
+
+    def _record_pairs(self, cur: duckdb.DuckDBPyConnection, now: datetime) -> int:
+        """Discrepancies from the pairs: new disagreements open, open ones whose values
+        changed are refreshed (keeping when they were found), resolved ones disagreeing
+        again reopen; agreement or a deleted record closes them."""
         cur.execute(
             "CREATE OR REPLACE TEMP TABLE crosscheck_open AS SELECT p.*, "
             "COALESCE(d.found_at, $now) AS found_at FROM crosscheck_pairs p "
@@ -281,12 +320,13 @@ class SourcesStore:
             "AND id IN (SELECT id FROM crosscheck_open)"
         )
         (opened,) = cur.execute(
-            "INSERT INTO tongyuan.discrepancies SELECT id, $entity, record_key, attribute, "
+            "INSERT INTO tongyuan.discrepancies SELECT id, entity, record_key, attribute, "
             "authoritative_value, observed_value, source_node, source_dept, source_key, "
             "source_resource, observer_node, observer_dept, observer_resource, $node, found_at, "
             "'open', NULL, NULL, NULL FROM crosscheck_open",
-            {"entity": entity.name, "node": self.node_code},
+            {"node": self.node_code},
         ).fetchone()  # type: ignore[misc]
+        cur.execute("DROP TABLE crosscheck_open")
         (agreed,) = cur.execute(
             "UPDATE tongyuan.discrepancies SET state = 'resolved', resolution = 'agreed', "
             "resolved_at = $now, authoritative_value = p.authoritative_value "
@@ -296,9 +336,15 @@ class SourcesStore:
             "AND p.authoritative_value IS NOT DISTINCT FROM p.observed_value",
             {"now": now},
         ).fetchone()  # type: ignore[misc]
-        cur.execute("DROP TABLE crosscheck_open")
-        cur.execute("DROP TABLE crosscheck_pairs")
-        return int(opened) + int(agreed)
+        # The source deleted its record: nothing is left to disagree with.
+        (gone,) = cur.execute(
+            "UPDATE tongyuan.discrepancies SET state = 'resolved', resolution = 'record deleted', "
+            "resolved_at = $now FROM crosscheck_pairs p WHERE discrepancies.id = p.id "
+            "AND discrepancies.received_from IS NULL AND discrepancies.state = 'open' "
+            "AND p.record_deleted",
+            {"now": now},
+        ).fetchone()  # type: ignore[misc]
+        return int(opened) + int(agreed) + int(gone)
 
     # ----- discrepancies --------------------------------------------------------------------
 

@@ -59,6 +59,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _log_entities(model: Model) -> dict[str, Entity]:
+    """A model's entities and the node's own log tables: everything in the change log."""
+    entities = model.storage_entities()
+    data = {n: e for n, e in entities.items() if n not in INTERNAL_NAMES}
+    return {**data, **{e.name: e for e in INTERNAL_ENTITIES}}
+
+
 @dataclass(frozen=True)
 class Identity:
     code: str
@@ -160,30 +167,34 @@ class Store:
 
     def __init__(self, db: Database, model: Model) -> None:
         self.db = db
-        self.entities: dict[str, Entity] = {}
-        self.log_entities: dict[str, Entity] = {}
-        self.model = model
-        self.use_model(model)
+        self.use_model(model, self.read_entity_heads(_log_entities(model)))
         self._head = self._read_head()
-        # Last sequence written per entity, so a window skips entities with no change.
-        self._entity_heads = self._read_entity_heads()
         code = self.identity().code
         self.catalog = CatalogStore(self, code)
         self.models = ModelStore(self)
         self.sources = SourcesStore(self, code)
 
-    def use_model(self, model: Model) -> None:
-        """Work with `model`'s entities from now on (its tables exist: see ModelStore)."""
-        entities = model.storage_entities()
+    def use_model(self, model: Model, heads: dict[str, int]) -> None:
+        """Work with `model`'s entities from now on (their tables exist: see ModelStore).
+        `heads` is each log entity's last sequence, read with the tables it describes."""
         self.model = model
         self.model_digest = model.digest()
+        log_entities = _log_entities(model)
         # Data entities (what users import and query) …
-        self.entities = {n: e for n, e in entities.items() if n not in INTERNAL_NAMES}
-        # … and everything in the change log, which travels to the parent.
-        self.log_entities = {**self.entities, **{e.name: e for e in INTERNAL_ENTITIES}}
-        if hasattr(self, "_entity_heads"):
-            self._entity_heads = self._read_entity_heads()
+        self.entities = {n: e for n, e in log_entities.items() if n not in INTERNAL_NAMES}
+        # … and everything in the change log (which travels to the parent) with each one's
+        # last sequence, so a window skips entities with no change. One attribute, so a
+        # window reader never pairs one model's entities with another's heads.
+        self._log_state = (log_entities, heads)
         self._model_codes = model_codes_table(model)
+
+    @property
+    def log_entities(self) -> dict[str, Entity]:
+        return self._log_state[0]
+
+    @staticmethod
+    def log_entities_of(model: Model) -> dict[str, Entity]:
+        return _log_entities(model)
 
     # ----- lifecycle ---------------------------------------------------------------
 
@@ -269,12 +280,17 @@ class Store:
             row = cur.execute("SELECT seq FROM tongyuan.head").fetchone()
         return int(row[0]) if row else 0
 
-    def _read_entity_heads(self) -> dict[str, int]:
+    def read_entity_heads(
+        self, log_entities: dict[str, Entity], cur: duckdb.DuckDBPyConnection | None = None
+    ) -> dict[str, int]:
+        """Each log entity's last sequence; with `cur`, inside that transaction."""
+        if cur is None:
+            with self.db.read() as reader:
+                return self.read_entity_heads(log_entities, reader)
         heads = {}
-        with self.db.read() as cur:
-            for entity in self.log_entities.values():
-                row = cur.execute(f"SELECT max(_seq) FROM {entity_table(entity)}").fetchone()
-                heads[entity.name] = int(row[0]) if row and row[0] is not None else 0
+        for entity in log_entities.values():
+            row = cur.execute(f"SELECT max(_seq) FROM {entity_table(entity)}").fetchone()
+            heads[entity.name] = int(row[0]) if row and row[0] is not None else 0
         return heads
 
     @property
@@ -302,7 +318,8 @@ class Store:
     def _publish(self, head: int, entities: Iterable[str] = ()) -> None:
         """Make a committed head visible to window readers; called in commit order."""
         for name in entities:
-            self._entity_heads[name] = max(self._entity_heads.get(name, 0), head)
+            heads = self._log_state[1]
+            heads[name] = max(heads.get(name, 0), head)
         if head > self._head:
             self._head = head
             self.db.notify_head()
@@ -678,9 +695,10 @@ class Store:
         last = min(head, after_seq + max_changes)
         tables: dict[str, pa.Table] = {}
         if last > after_seq:
+            log_entities, heads = self._log_state
             with self.db.read() as cur:
-                for entity in self.log_entities.values():
-                    if self._entity_heads.get(entity.name, 0) <= after_seq:
+                for entity in log_entities.values():
+                    if heads.get(entity.name, 0) <= after_seq:
                         continue
                     cols = ", ".join(quote(c) for c in entity.column_names)
                     table = cur.sql(
