@@ -280,7 +280,8 @@ def test_labels_are_bilingual_and_the_page_refreshes_itself() -> None:
         ("待处理反馈", "Open feedback items"),
     ]:
         assert f"{zh} {en}" in page.text, (zh, en)
-    assert page.text.count("尚未启用 not available yet — comes with data quality") == 2
+    assert page.text.count("尚未启用 not available yet — comes with data quality") == 1
+    assert "无待处理疑问数据 no open discrepancies" in page.text
     assert page.find("meta", http_equiv="refresh", content="30")
     assert GENERATED_AT in page.text
     assert "<script" not in document.lower()  # no JavaScript at all
@@ -514,3 +515,36 @@ def unfilter(kind: int, line: np.ndarray, previous: np.ndarray, bpp: int) -> np.
         pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
         out[i] = (value + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
     return np.frombuffer(bytes(out), dtype=np.uint8)
+
+
+def test_the_model_and_open_discrepancies_show_on_the_page() -> None:
+    view = make_view()
+    view["node"]["model"] = {
+        "active": {"label": "base 1.0.0"},
+        "offered": {"label": "base 1.1.0 (320000)", "adopted": False},
+        "children": [{"code": "320104", "same_as_ours": False}],
+    }
+    view["node"]["discrepancies"] = {"open": 1, "resolved": 0, "observations": 2}
+    view["discrepancies"] = [
+        {
+            "entity": "person",
+            "record_key": "32010219850505234x",
+            "attribute": "address",
+            "authoritative_value": "玄武区2号",
+            "source_node": "320102",
+            "source_dept": "公安局",
+            "observed_value": "<b>秦淮区新址</b>",
+            "observer_node": "320104",
+            "observer_dept": "人社局",
+            "found_at_nodes": ["320000", "320100"],
+        }
+    ]
+    page = Page(render_page(view))
+    assert "未采用上级模型 not adopted: base 1.1.0 (320000)" in page.text
+    assert "下级另有模型 children on another model: 320104" in page.text
+    row = (
+        "person 32010219850505234x address 玄武区2号 320102 公安局 <b>秦淮区新址</b> 320104 人社局"
+    )
+    assert f"{row} 320000, 320100" in page.text
+    assert page.find("b", inside="discrepancies") == [], "peer text is escaped"
+    assert page.find("table", id="discrepancies")

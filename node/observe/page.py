@@ -94,6 +94,7 @@ h3{font-size:14px;margin:16px 0 8px;font-weight:600;color:#3d4f63}
 .card .k{font-size:12px;color:#6b7b8c}
 .card .v{font-size:16px;font-weight:600;word-break:break-all}
 .small{font-size:12px;font-weight:400;color:#6b7b8c}
+.warn{color:#e65100}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th{text-align:left;font-weight:600;color:#3d4f63;background:#f0f3f7;padding:6px 8px;
  border-bottom:1px solid #dde3ea;white-space:nowrap}
@@ -129,7 +130,7 @@ def render_page(view: Mapping[str, Any]) -> str:
         _tree_section(node, children, now),
         _lag_section(children, view.get("lag_history") or {}),
         _catalogue_section(view.get("catalog") or [], node.get("catalog") or {}, now),
-        _quality_section(),
+        _quality_section(view.get("discrepancies") or [], node.get("discrepancies") or {}),
     ]
     title = f"{_e(node.get('code'))} {_e(node.get('name'))} · 同源 Tongyuan 节点状态"
     return "\n".join(
@@ -190,6 +191,7 @@ def _overview_section(node: Mapping[str, Any], now: datetime | None) -> str:
             f"已退役 retired {_number(own.get('retired', 0))}</div>",
         ),
         (_label("标准项", "Standard items"), _number(catalog.get("standard_items", 0))),
+        (_label("模型", "Model"), _model_card(node.get("model") or {})),
     ]
     grid = "".join(
         f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div></div>'
@@ -772,18 +774,69 @@ def _freshness_badge(state: str) -> str:
     )
 
 
-# ----- not yet built -----------------------------------------------------------------------
+def _model_card(model: Mapping[str, Any]) -> str:
+    active = model.get("active") or {}
+    offered = model.get("offered")
+    text = _e(active.get("label"))
+    if offered and not offered.get("adopted"):
+        text += (
+            f'<div class="small warn">未采用上级模型 not adopted: {_e(offered.get("label"))}</div>'
+        )
+    differing = [c.get("code") for c in model.get("children") or [] if not c.get("same_as_ours")]
+    if differing:
+        text += (
+            f'<div class="small">下级另有模型 children on another model: '
+            f"{_e(', '.join(str(c) for c in differing))}</div>"
+        )
+    return text
 
 
-def _quality_section() -> str:
+# ----- quality (scores not yet built) and feedback ---------------------------------------
+
+
+def _quality_section(discrepancies: Sequence[Mapping[str, Any]], counts: Mapping[str, Any]) -> str:
     note = '<p class="note">尚未启用 not available yet — comes with data quality</p>'
     return (
         f'<section id="quality"><h2>{_label("数据质量与反馈", "Data quality and feedback")}</h2>'
         '<div class="split">'
         f"<div><h3>{_label('各下级质量评分', 'Quality scores per child')}</h3>{note}</div>"
-        f"<div><h3>{_label('待处理反馈', 'Open feedback items')}</h3>{note}</div>"
+        f"<div><h3>{_label('待处理反馈', 'Open feedback items')}</h3>"
+        f"{_discrepancies_table(discrepancies, counts)}</div>"
         "</div></section>"
     )
+
+
+def _discrepancies_table(rows: Sequence[Mapping[str, Any]], counts: Mapping[str, Any]) -> str:
+    """Open discrepancies: where a source and an observation of it disagree."""
+    total = int(counts.get("open") or 0)
+    if not rows:
+        return '<p class="note">无待处理疑问数据 no open discrepancies</p>'
+    head = _header_row(
+        [
+            _label("记录", "Record"),
+            _label("属性", "Attribute"),
+            _label("权威来源", "Source says"),
+            _label("观测值", "Observed"),
+            _label("观测方", "Observer"),
+            _label("发现于", "Found at"),
+        ]
+    )
+    body = "".join(
+        "<tr>"
+        f"<td>{_e(d.get('entity'))} {_e(d.get('record_key'))}</td>"
+        f"<td>{_e(d.get('attribute'))}</td>"
+        f"<td>{_e(d.get('authoritative_value'))} "
+        f'<span class="small">{_e(d.get("source_node"))} {_e(d.get("source_dept"))}</span></td>'
+        f"<td>{_e(d.get('observed_value'))}</td>"
+        f"<td>{_e(d.get('observer_node'))} {_e(d.get('observer_dept'))}</td>"
+        f"<td>{_e(', '.join(str(n) for n in d.get('found_at_nodes') or []))}</td>"
+        "</tr>"
+        for d in rows
+    )
+    more = len(rows) < total
+    shown = f'<p class="small">{len(rows)} / {total} 条 shown</p>' if more else ""
+    title = f'<p class="small">疑问数据 discrepancies: {_number(total)}</p>'
+    return title + _table(head, body, "discrepancies") + shown
 
 
 # ----- small formatting helpers ------------------------------------------------------------

@@ -19,6 +19,9 @@ from node.service import NodeService
 HISTORY = timedelta(hours=6)
 
 
+DISCREPANCIES_SHOWN = 50
+
+
 def build_view(service: NodeService) -> dict[str, Any]:
     """The view as plain JSON values, exactly what `/status.json` serves."""
     now = datetime.now(UTC)
@@ -27,6 +30,8 @@ def build_view(service: NodeService) -> dict[str, Any]:
         "node": service.status(),
         "lag_history": {code: [list(p) for p in points] for code, points in history.items()},
         "catalog": service.catalog.list_entries(drafts=False),
+        # Open discrepancies known here (found here or delivered), oldest first.
+        "discrepancies": service.store.sources.discrepancies()[:DISCREPANCIES_SHOWN],
         "generated_at": now.isoformat(timespec="milliseconds"),
     }
     # Through JSON once, so the page sees the same types `/status.json` and the CLI show.

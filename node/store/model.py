@@ -332,8 +332,16 @@ class ModelStore:
         column = quote(attribute_name)
         key = quote(entity.key)
         problems = []
+        fix = "correct them at their source first"
         if attribute.required:
-            problems.append((f"{column} IS NULL", "is required but empty"))
+            problems.append(
+                (
+                    f"{column} IS NULL",
+                    "is required but empty",
+                    "publish the attribute as optional first, let the sources fill it, then "
+                    "make it required",
+                )
+            )
         code_list = target.code_list(attribute.code_list) if attribute.code_list else None
         if code_list is not None:
             list_name = code_list.external or code_list.name
@@ -343,9 +351,10 @@ class ModelStore:
                     "(SELECT code FROM model_codes WHERE list = "
                     f"'{list_name.replace(chr(39), chr(39) * 2)}')",
                     f"is not a code of {code_list.name}",
+                    fix,
                 )
             )
-        for condition, what in problems:
+        for condition, what, advice in problems:
             row = cur.execute(
                 f"SELECT origin_node, {key}, CAST({column} AS VARCHAR), count(*) OVER () "
                 f"FROM {table} WHERE NOT _deleted AND {condition} LIMIT 1"
@@ -354,8 +363,7 @@ class ModelStore:
                 raise UserError(
                     f"record {entity_name} {entity.key}={row[1]!r} (from {row[0]}): attribute "
                     f"{attribute_name} value {row[2]!r} {what} in model {target.label()} "
-                    f"({row[3]} records like it); correct them at their source first — "
-                    "nothing was changed"
+                    f"({row[3]} records like it); {advice} — nothing was changed"
                 )
 
 
