@@ -13,16 +13,12 @@ from typing import Any
 import yaml
 
 from node.errors import UserError
+from node.textfiles import read_user_text
 
 
 def load_entries(path: Path, plural: str = "resource") -> list[dict[str, Any]]:
     """The raw entries in `path`; a file that does not parse names its line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it ({exc})") from None
+    text = read_user_text(path)
     suffix = path.suffix.lower()
     if suffix == ".toml":
         try:

@@ -35,6 +35,7 @@ from node.model.schema import (
     NodeMapping,
     Relation,
 )
+from node.textfiles import read_user_text
 
 # Where a value sits in the parsed document: keys and list indexes from the root.
 DocPath = tuple[str | int, ...]
@@ -85,12 +86,7 @@ class ModelFileError(UserError):
 
 def _read(path: Path) -> tuple[Any, dict[DocPath, int]]:
     """The parsed document and the line of each key/item in it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it ({exc})") from None
+    text = read_user_text(path)
     suffix = path.suffix.lower()
     if suffix == ".toml":
         try:

@@ -408,7 +408,7 @@ class SourcesStore:
                 f"WHERE {subtree_condition('source_node', child)} ORDER BY id"
             ).to_arrow_table()
         table = table.cast(DISCREPANCY_SCHEMA)
-        return _digest(table), table
+        return delivery_digest(table), table
 
     def received_digest(self, parent: str) -> str:
         with self._db.read() as cur:
@@ -437,13 +437,9 @@ class SourcesStore:
         self.generation += 1
 
 
-def _digest(table: pa.Table) -> str:
+def delivery_digest(table: pa.Table) -> str:
     """A digest of a delivery's rows (ordered by id), checked on receipt."""
     digest = hashlib.sha256()
     for row in table.to_pylist():
         digest.update(repr(sorted(row.items())).encode())
     return digest.hexdigest()[:16]
-
-
-def delivery_digest(table: pa.Table) -> str:
-    return _digest(table)
