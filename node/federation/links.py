@@ -73,7 +73,6 @@ class ChildLink:
         self._last_ack = 0.0
         self._last_ack_sent = 0.0
         self._acked = -1
-        # Generation of this node's standard items the child last received (-1: not yet).
         # Per downward delivery (standards, model, discrepancies): the generation last
         # delivered, and when a failed delivery may be retried.
         self._delivered: dict[str, int] = {}
