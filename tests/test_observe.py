@@ -161,7 +161,7 @@ def test_status_json_and_the_read_only_endpoint(cluster: Cluster, tmp_path: Path
     wait_until(lambda: sampled_caught_up() is not None, what="a lag sample at 0")
     view = sampled_caught_up()
     assert view is not None
-    assert set(view) == {"node", "lag_history", "catalog", "generated_at"}
+    assert set(view) == {"node", "lag_history", "catalog", "discrepancies", "generated_at"}
     # `node` is exactly what `tongyuan status --json` prints (give or take moving figures).
     cli_status = city.status()
     assert set(view["node"]) == set(cli_status)
@@ -176,6 +176,7 @@ def test_status_json_and_the_read_only_endpoint(cluster: Cluster, tmp_path: Path
     assert [(e["code"], e["status"], e["freshness"]) for e in view["catalog"]] == [
         (county.resource("person"), "published", "fresh")
     ]
+    assert view["discrepancies"] == []  # nothing observed, nothing disputed
     assert view["generated_at"].endswith("+00:00")
     # Nothing secret: the admin token of run/admin.json appears nowhere.
     token = json.loads((city.directory / "run" / "admin.json").read_text())["token"]
