@@ -253,6 +253,14 @@ def ingest(
         f"{result['inserted']} inserted, {result['updated']} updated, {result['deleted']} deleted, "
         f"{result['unchanged']} unchanged{seqs}"
     )
+    if result["quarantined"]:
+        held = ", ".join(f"{rule}: {count}" for rule, count in result["held_by_rule"])
+        click.echo(
+            f"{result['quarantined']} rows held in quarantine ({held}); "
+            "see `tongyuan quality quarantine list`"
+        )
+    if result["flagged"]:
+        click.echo(f"{result['flagged']} rows written with a warning flag")
 
 
 @cli.command()
@@ -283,11 +291,16 @@ def query(ctx: click.Context, sql: str, as_json: bool) -> None:
 # Command groups register after the group exists.
 from node.catalog.commands import catalog  # noqa: E402
 from node.model.commands import model  # noqa: E402
+from node.quality.commands import quality  # noqa: E402
+from node.quality.feedback_commands import feedback, objection  # noqa: E402
 from node.sources.commands import discrepancies  # noqa: E402
 
 cli.add_command(catalog)
 cli.add_command(model)
 cli.add_command(discrepancies)
+cli.add_command(quality)
+cli.add_command(feedback)
+cli.add_command(objection)
 
 
 def main() -> None:

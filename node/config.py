@@ -57,6 +57,16 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class QualitySettings:
+    """Rule library, quarantine, scores and feedback."""
+
+    # Open feedback items older than this are shown as overdue.
+    feedback_overdue_hours: float = 72.0
+    # How often a parent pulls each child's quality report (scores roll up).
+    report_pull_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The read-only operator endpoint: metrics, status page, status JSON."""
 
@@ -78,6 +88,7 @@ class NodeConfig:
     store: StoreSettings = field(default_factory=StoreSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
 
     @property
     def config_path(self) -> Path:
@@ -201,6 +212,7 @@ def load_config(directory: Path) -> NodeConfig:
         store=_settings(StoreSettings, _section(doc, "store", path), path, "store"),
         http=http,
         catalog=_catalog_settings(_section(doc, "catalog", path), path),
+        quality=_settings(QualitySettings, _section(doc, "quality", path), path, "quality"),
     )
 
 
@@ -275,6 +287,10 @@ memory_limit = "1GB"
 enabled = true               # read-only operator endpoint: /metrics, / (status page), /status.json
 listen = "127.0.0.1:0"       # loopback only by default; port 0 picks one (see run/http.json)
 lag_sample_seconds = 30.0    # how often each child's lag is recorded for the status page
+
+[quality]
+feedback_overdue_hours = 72.0  # open feedback items older than this are overdue
+report_pull_seconds = 10.0     # how often each child's quality report is pulled (scores roll up)
 
 [catalog]
 # Sharing attributes as this province names them; kind: unconditional, conditional or none.

@@ -37,8 +37,9 @@ LINEAGE_COLUMNS: tuple[str, ...] = (
 )
 RESERVED_PREFIXES = ("origin_", "_")
 RESERVED_NAMES = frozenset({"applied_at", "seq"})
-# Tables the node keeps in its change log for itself (catalogue, node tree, observations).
-INTERNAL_NAMES = frozenset({"catalog", "federation_nodes", "observations"})
+# Tables the node keeps in its change log for itself (catalogue, node tree, observations,
+# answers to feedback).
+INTERNAL_NAMES = frozenset({"catalog", "federation_nodes", "observations", "feedback_responses"})
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 

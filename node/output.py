@@ -111,6 +111,7 @@ def print_status(status: dict[str, Any]) -> None:
     console.print(rows)
     _print_catalog_summary(status.get("catalog"))
     _print_model_summary(status.get("model"), status.get("discrepancies"))
+    _print_quality_summary(status.get("quality"))
     if status["children"]:
         print_children(status["children"])
 
@@ -173,6 +174,25 @@ def _print_model_summary(
             f"{discrepancies['open']} open discrepancies (`tongyuan discrepancies list`)",
             highlight=False,
         )
+
+
+def _print_quality_summary(quality: dict[str, Any] | None) -> None:
+    """Quality lines of `status`: the rule library in force, rows held, feedback items."""
+    if not quality:
+        return
+    library = ", ".join(quality["library"]) or "none (`tongyuan quality rules show`)"
+    console.print(f"rule library: {library}", highlight=False)
+    held = quality["quarantine"]["held"]
+    feedback = quality["feedback"]
+    line = (
+        f"quality: {held} rows held in quarantine, {quality['quarantine']['flags']} flagged; "
+        f"feedback: {feedback['open']} open, {feedback['acknowledged']} acknowledged"
+    )
+    if feedback["overdue"]:
+        line += f", {feedback['overdue']} overdue"
+    console.print(
+        Text(line, style="yellow" if held or feedback["overdue"] else ""), highlight=False
+    )
 
 
 def print_children(children: list[dict[str, Any]]) -> None:

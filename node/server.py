@@ -97,6 +97,21 @@ class StartingFederation(federation_pb2_grpc.FederationServicer):
     ) -> federation_pb2.DiscrepancyReceipt:
         return self._target(context).DeliverDiscrepancies(request, context)
 
+    def DeliverRules(
+        self, request: federation_pb2.RulesDelivery, context: grpc.ServicerContext
+    ) -> federation_pb2.RulesReceipt:
+        return self._target(context).DeliverRules(request, context)
+
+    def DeliverFeedback(
+        self, request: federation_pb2.FeedbackDelivery, context: grpc.ServicerContext
+    ) -> federation_pb2.FeedbackReceipt:
+        return self._target(context).DeliverFeedback(request, context)
+
+    def GetQuality(
+        self, request: federation_pb2.GetQualityRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.QualityDocument:
+        return self._target(context).GetQuality(request, context)
+
 
 class NodeServer:
     """A running node. `start()` then `wait()`; `stop()` from any thread or a signal.
@@ -157,7 +172,6 @@ class NodeServer:
         config = self.config
         self.links = LinkManager(config, self.store)
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.federation_servicer = FederationServicer(config, self.store, self.stopping)
         if config.http.enabled:
             self.http = HttpEndpoint(config.http.listen)
         self.service = NodeService(
@@ -166,6 +180,9 @@ class NodeServer:
             self.links,
             listen=self.listen,
             http=self.http.address if self.http else None,
+        )
+        self.federation_servicer = FederationServicer(
+            config, self.store, self.stopping, self.service.reporter
         )
         self.token = new_token()
         self.admin = grpc.server(

@@ -23,6 +23,9 @@ from node.divisions import Tier, is_within, lookup_division
 from node.errors import ConfigError, UserError
 from node.federation.links import LinkManager, LinkStatus
 from node.model.operations import ModelService
+from node.quality.feedback import FeedbackService
+from node.quality.operations import QualityService
+from node.quality.report import QualityReporter
 from node.readers import read_source_file
 from node.sources.operations import SourcesService
 from node.store import Store
@@ -79,6 +82,9 @@ class NodeService:
         self.catalog = CatalogService(config, store)
         self.model = ModelService(config, store)
         self.sources = SourcesService(config, store, self.catalog)
+        self.reporter = QualityReporter(config, store)
+        self.quality = QualityService(config, store, self.reporter)
+        self.feedback = FeedbackService(config, store)
         # Operations reached by name through `call` (the admin API's generic method).
         self._operations: dict[str, Callable[..., Any]] = {
             "catalog.add": self.catalog.add,
@@ -104,6 +110,16 @@ class NodeService:
             "model.mapping": self.model.set_mapping,
             "discrepancies.list": self.sources.list,
             "discrepancies.resolve": self.sources.resolve,
+            "quality.rules_show": self.quality.rules_show,
+            "quality.rules_publish": self.quality.rules_publish,
+            "quality.rules_local": self.quality.rules_local,
+            "quality.quarantine_list": self.quality.quarantine_list,
+            "quality.quarantine_release": self.quality.quarantine_release,
+            "quality.quarantine_drop": self.quality.quarantine_drop,
+            "quality.report": self.reporter.report,
+            "feedback.list": self.feedback.list,
+            "feedback.respond": self.feedback.respond,
+            "objection.raise": self.feedback.raise_objection,
         }
 
     @property
@@ -245,6 +261,7 @@ class NodeService:
         delete_child(self.config.directory, code)
         del self._children[code]
         self.store.catalog.forget_child(code)
+        self.store.scores.forget_child(code)
         if self.links is not None:
             self.links.remove(code)
         return self.list_children()
@@ -324,6 +341,7 @@ class NodeService:
             "catalog": self.catalog.summary(),
             "model": self.model.summary(),
             "discrepancies": self.store.sources.counts(),
+            "quality": self.quality.summary(),
             "recent_ingests": [
                 {**i, "finished_at": _iso(i["finished_at"])} for i in self.store.last_ingests()
             ],

@@ -26,9 +26,13 @@ from node.divisions import Tier, is_within
 from node.errors import ConfigError
 from node.model import load_base_model
 from node.model.files import load_model
+from node.quality.engine import applicable
+from node.quality.files import load_rules
+from node.quality.rules import RuleLibrary
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config"
 BASE_MODEL = "base-model.toml"
+BASE_RULES = "base-rules.toml"
 
 # file → (code, tier, children by code)
 EXPECTED = {
@@ -57,12 +61,17 @@ def install(example: str, tmp_path: Path) -> Path:
 def test_every_tier_has_an_example() -> None:
     """One config per tier, next to the base model file operators start their own from."""
     found = {p.name for p in EXAMPLES.glob("*.toml")}
-    assert found - {BASE_MODEL} == set(EXPECTED)
-    assert BASE_MODEL in found
+    assert found - {BASE_MODEL, BASE_RULES} == set(EXPECTED)
+    assert {BASE_MODEL, BASE_RULES} <= found
     # config/base-model.toml is the model every node starts with, not a stale copy of it.
     shipped = load_model(EXAMPLES / BASE_MODEL)
     assert shipped.digest() == load_base_model().digest()
     assert {"person", "legal_entity"} <= {e.name for e in shipped.entities}
+    # config/base-rules.toml is a rule library for that model: it loads and every rule applies.
+    rules = load_rules(EXAMPLES / BASE_RULES, shipped, "320000", local=False)
+    assert {r.entity for r in rules.rules} >= {"person", "legal_entity", "house", "land_parcel"}
+    library = RuleLibrary((rules,))
+    assert all(why is None for _, _, why in applicable(library, shipped))
 
 
 @pytest.mark.parametrize("example", sorted(EXPECTED))

@@ -107,6 +107,22 @@ def test_metrics_follow_a_child_through_catch_up_and_loss(cluster: Cluster, tmp_
 
     wait_until(caught_up, what="the city to catch up with the county")
     m = scrape(city)
+
+    # Quality: the county's resource scored at the city; nothing held, no feedback open.
+    def score(node: str, resource: str, measure: str) -> float:
+        labels = (("measure", measure), ("node", node), ("resource", resource))
+        return m[("tongyuan_quality_score", labels)]
+
+    assert score("320102", resource, "validity") == 1.0
+    assert 0 < score("320102", resource, "completeness") <= 1
+    assert 0 < score("320100", "", "overall") <= 1
+    assert not [k for k in m if k[0] == "tongyuan_quarantine_rows"]
+    feedback = {
+        labels[0][1]: value
+        for (name, labels), value in m.items()
+        if name == "tongyuan_feedback_items"
+    }
+    assert feedback == {"open": 0, "acknowledged": 0, "closed": 0, "overdue": 0}
     info = [labels for (name, labels) in m if name == "tongyuan_node_info"]
     assert info == [
         (("code", "320100"), ("name", "南京市"), ("tier", "city"), ("version", "0.1.0"))
@@ -161,7 +177,16 @@ def test_status_json_and_the_read_only_endpoint(cluster: Cluster, tmp_path: Path
     wait_until(lambda: sampled_caught_up() is not None, what="a lag sample at 0")
     view = sampled_caught_up()
     assert view is not None
-    assert set(view) == {"node", "lag_history", "catalog", "discrepancies", "generated_at"}
+    assert set(view) == {
+        "node",
+        "lag_history",
+        "catalog",
+        "discrepancies",
+        "quality",
+        "quality_weights",
+        "feedback",
+        "generated_at",
+    }
     # `node` is exactly what `tongyuan status --json` prints (give or take moving figures).
     cli_status = city.status()
     assert set(view["node"]) == set(cli_status)
@@ -176,7 +201,13 @@ def test_status_json_and_the_read_only_endpoint(cluster: Cluster, tmp_path: Path
     assert [(e["code"], e["status"], e["freshness"]) for e in view["catalog"]] == [
         (county.resource("person"), "published", "fresh")
     ]
-    assert view["discrepancies"] == []  # nothing observed, nothing disputed
+    assert view["discrepancies"] == [] and view["feedback"] == []  # nothing disputed
+    # The county's resource scored at the city, under the county's line.
+    assert [(r["node"], r["kind"]) for r in view["quality"]] == [
+        ("320100", "rollup"),
+        ("320102", "rollup"),
+        ("320102", "resource"),
+    ]
     assert view["generated_at"].endswith("+00:00")
     # Nothing secret: the admin token of run/admin.json appears nowhere.
     token = json.loads((city.directory / "run" / "admin.json").read_text())["token"]

@@ -22,6 +22,7 @@ import pytest
 from conftest import Cluster, Node, wait_until
 
 from node.observe.page import NODE_COLOUR, SERIES_COLOURS, STATE_COLOURS, render_page
+from node.quality.report import REPORT_FORMAT, WEIGHTS, flatten, overall, with_rollups
 
 CHROMIUM = Path("/usr/bin/chromium")
 START = 1_794_988_400.0  # unix seconds of the first lag sample: 2026-11-18 07:53:20 UTC
@@ -267,7 +268,7 @@ def test_user_text_is_escaped() -> None:
 
 
 def test_labels_are_bilingual_and_the_page_refreshes_itself() -> None:
-    document = render_page(make_view())
+    document = render_page(quality_view())
     page = Page(document)
     for zh, en in [
         ("节点树", "Place in the tree"),
@@ -276,11 +277,15 @@ def test_labels_are_bilingual_and_the_page_refreshes_itself() -> None:
         ("同步延迟", "Lag over the last hours"),
         ("资源目录与鲜活度", "Catalogue and freshness"),
         ("各节点鲜活度", "Freshness per node"),
+        ("数据质量与反馈", "Data quality and feedback"),
         ("各下级质量评分", "Quality scores per child"),
+        ("完整性", "Completeness"),
+        ("综合", "Overall"),
         ("待处理反馈", "Open feedback items"),
+        ("待处理疑问数据", "Open discrepancies"),
     ]:
         assert f"{zh} {en}" in page.text, (zh, en)
-    assert page.text.count("尚未启用 not available yet — comes with data quality") == 1
+    assert "not available yet" not in page.text  # data quality has landed
     assert "无待处理疑问数据 no open discrepancies" in page.text
     assert page.find("meta", http_equiv="refresh", content="30")
     assert GENERATED_AT in page.text
@@ -295,6 +300,14 @@ def test_a_real_bare_node_renders(tmp_path: Path) -> None:
     page = Page(render_page(view))
     assert "南京市" in page.text and "无下级节点 no children" in page.text
     assert "无上级节点" in page.text and "暂无数据" in page.text
+    assert "此视图不含质量报告" in page.text  # a view of the older shape still renders
+    # The quality lines of status and the report as `quality report --json` prints it.
+    view["quality"] = flatten(json.loads(node.cli("quality", "report", "--json").stdout))
+    view["feedback"] = []
+    page = Page(render_page(view))
+    assert "暂无可评分的资源 no resources to score yet" in page.text
+    assert "待处理 open: 0 · 已受理 acknowledged: 0 · 逾期 overdue: 0" in page.text
+    assert "隔离 held in quarantine: 0" in page.text
 
 
 # ----- how it looks in headless Chromium ---------------------------------------------------
@@ -346,10 +359,10 @@ def chromium(url: str, work: Path) -> tuple[np.ndarray, Page]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[np.ndarray, Page]]:
-    """The fabricated page in Chromium."""
+    """The fabricated page (with quality scores and feedback items) in Chromium."""
     work = tmp_path_factory.mktemp("chromium")
     page = work / "status.html"
-    page.write_text(render_page(make_view()), encoding="utf-8")
+    page.write_text(render_page(quality_view()), encoding="utf-8")
     yield chromium(page.as_uri(), work)
 
 
@@ -359,6 +372,10 @@ def test_chromium_builds_the_tree_and_the_chart(rendered: tuple[np.ndarray, Page
     assert dom.by_id("child-320104")["class"].split() == ["child", "state-down"]
     series = dom.find("polyline", inside="lag-chart", class_="lag-series")
     assert [s["data-child"] for s in series] == ["320102", "320104"]
+    scores = [r["data-kind"] for r in dom.find("tr", inside="quality-scores") if "data-kind" in r]
+    assert scores.count("rollup") == 4 and scores.count("pending") == 1
+    assert len(dom.find("tr", inside="feedback", class_="overdue")) == 1
+    assert not dom.find("b", inside="feedback")
 
 
 def test_the_screenshot_shows_the_tree_and_each_childs_lag_line(
@@ -423,6 +440,9 @@ def test_a_serving_city_shows_its_real_children_in_chromium(
     assert dom.by_id("child-320104")["class"].split() == ["child", "state-down"]
     series = dom.find("polyline", inside="lag-chart", class_="lag-series")
     assert [s["data-child"] for s in series] == ["320102", "320104"]
+    # The quality part comes from the node's report and feedback items: none raised here.
+    assert "各下级质量评分 Quality scores per child" in dom.text
+    assert "无待处理反馈 no open feedback items" in dom.text
     node_top, _ = box(image, NODE_COLOUR)
     streaming_top, streaming_span = box(image, STATE_COLOURS["streaming"])
     down_top, down_span = box(image, STATE_COLOURS["down"])
@@ -548,3 +568,245 @@ def test_the_model_and_open_discrepancies_show_on_the_page() -> None:
     assert f"{row} 320000, 320100" in page.text
     assert page.find("b", inside="discrepancies") == [], "peer text is escaped"
     assert page.find("table", id="discrepancies")
+
+
+# ----- quality scores and feedback items ---------------------------------------------------
+
+
+def scored(code: str, name: str, records: int, held: int, **scores: float | None) -> dict[str, Any]:
+    """A resource of a quality report, its overall score from the others as the node does."""
+    return {
+        "code": code,
+        "name": name,
+        "department": "公安局",
+        "entity": "person",
+        "records": records,
+        "held": held,
+        "update_frequency": "daily",
+        "scores": {**scores, "overall": overall(scores)},
+    }
+
+
+def report(code: str, name: str, tier: str, **parts: Any) -> dict[str, Any]:
+    return {
+        "format": REPORT_FORMAT,
+        "code": code,
+        "name": name,
+        "tier": tier,
+        "generated_at": "2026-11-18T09:33:19+00:00",
+        "weights": dict(WEIGHTS),
+        "resources": parts.get("resources", []),
+        "children": parts.get("children", []),
+        "pending": parts.get("pending", []),
+    }
+
+
+def province_report() -> dict[str, Any]:
+    """A province whose city holds two counties' reports; another city not pulled yet."""
+    xuanwu = report(
+        "320102",
+        "玄武区",
+        "county",
+        resources=[
+            scored(
+                "320102-GA-001",
+                "户籍人口信息",
+                1000,
+                0,
+                completeness=0.98,
+                validity=0.95,
+                uniqueness=1.0,
+                consistency=0.99,
+                timeliness=1.0,
+            )
+        ],
+    )
+    qinhuai = report(
+        "320104",
+        "秦淮区",
+        "county",
+        resources=[
+            scored(
+                "320104-MZ-003",
+                "婚姻登记信息",
+                500,
+                20,
+                completeness=0.7,
+                validity=0.6,
+                uniqueness=0.9,
+                consistency=1.0,
+                timeliness=0.5,
+            )
+        ],
+    )
+    empty = {d: None for d in ("completeness", "validity", "uniqueness", "consistency")}
+    nanjing = report(
+        "320100",
+        "南京市",
+        "city",
+        resources=[scored("320100-GA-002", "空资源", 0, 0, **empty, timeliness=0.0)],
+        children=[qinhuai, xuanwu],  # flatten orders children by code
+    )
+    pending = [{"code": "320200", "name": "无锡市"}]
+    return with_rollups(report("320000", "江苏省", "province", children=[nanjing], pending=pending))
+
+
+def feedback_item(item_id: str, kind: str, key: str, reason: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "kind": kind,
+        "entity": "person",
+        "resource": "320104-MZ-003",
+        "record_key": key,
+        "owner_node": "320104",
+        "owner_dept": "民政局",
+        "record_seq": 17,
+        "reason": reason,
+        "raised_node": "320000",
+        "raised_by": "rule:id-checksum" if kind == "rule" else "zhang.wei",
+        "raised_at": "2026-11-18T09:00:00+00:00",
+        "state": "open",
+        "closed": False,
+        "overdue": False,
+        "responses": [],
+        "at_owner": False,
+        "travels_to": "320104",
+        **fields,
+    }
+
+
+def quality_view() -> dict[str, Any]:
+    view = make_view()
+    view["quality"] = flatten(province_report())
+    view["quality_weights"] = dict(WEIGHTS)
+    view["feedback"] = [
+        feedback_item(
+            "a1b2c3d4e5f6",
+            "rule",
+            "32010419800101123X",
+            "身份证号校验位错误 check digit wrong",
+            raised_at="2026-11-14T08:00:00+00:00",
+            overdue=True,
+        ),
+        feedback_item(
+            "0f9e8d7c6b5a",
+            "objection",
+            "320104199002023456",
+            "地址已变更 <b>moved</b> to 秦淮区新址",
+            state="acknowledged",
+            responses=[
+                {
+                    "state": "acknowledged",
+                    "actor": "li.na",
+                    "note": "核实中 checking",
+                    "node": "320104",
+                    "at": "2026-11-18T09:20:00+00:00",
+                }
+            ],
+        ),
+    ]
+    view["node"]["quality"] = {
+        "library": ["base 1.0.0"],
+        "quarantine": {"held": 20, "held_by_resource": [], "flags": 3},
+        "feedback": {"open": 1, "acknowledged": 1, "closed": 4, "overdue": 1},
+    }
+    return view
+
+
+def test_quality_scores_show_each_node_and_resource_in_tree_order() -> None:
+    document = render_page(quality_view())
+    page = Page(document)
+    rows = [
+        (r["data-node"], r["data-kind"], r.get("data-resource", ""))
+        for r in page.find("tr", inside="quality-scores")
+        if "data-kind" in r
+    ]
+    assert rows == [
+        ("320000", "rollup", ""),
+        ("320100", "rollup", ""),
+        ("320100", "resource", "320100-GA-002"),
+        ("320102", "rollup", ""),
+        ("320102", "resource", "320102-GA-001"),
+        ("320104", "rollup", ""),
+        ("320104", "resource", "320104-MZ-003"),
+        ("320200", "pending", ""),
+    ]
+    # Indented by depth, resources one step below their node's roll-up line.
+    cells = [c for c in page.find("td", inside="quality-scores") if "style" in c]
+    assert [c["style"] for c in cells] == [
+        "padding-left:8px",
+        "padding-left:26px",
+        "padding-left:44px",
+        "padding-left:44px",
+        "padding-left:62px",
+        "padding-left:44px",
+        "padding-left:62px",
+        "padding-left:26px",
+    ]
+    text = page.text
+    # Each county's resource: its scores as percentages, overall coloured by level.
+    assert "320102-GA-001 户籍人口信息 1,000 98.0% 95.0% 100.0% 99.0% 100.0% 97.9%" in text
+    assert "320104-MZ-003 婚姻登记信息 500 70.0% 60.0% 90.0% 100.0% 50.0% 71.5%" in text
+    # A resource without data has no scores but timeliness, and no overall score.
+    assert "320100-GA-002 空资源 0 — — — — 0.0% —" in text
+    # The city's roll-up weights by records (validity by records + held): 88.7%, 83.0%.
+    assert "320100 南京市 市级 city · 汇总 roll-up: 3 资源 resources · 3 节点 nodes" in text
+    assert "1,500 88.7% 83.0% 96.7% 99.3% 83.3% 89.0%" in text
+    assert "320200 无锡市 未上报 no report pulled yet" in text
+    levels = [
+        s["class"]
+        for s in page.find("span", inside="quality-scores")
+        if s.get("class", "").startswith("badge")
+    ]
+    assert levels == [
+        "badge score-warn",  # 320000: 89.0%
+        "badge score-warn",  # 320100
+        "badge score-good",  # 320102
+        "badge score-good",  # 320102-GA-001
+        "badge score-warn",  # 320104
+        "badge score-warn",  # 320104-MZ-003
+    ]
+    assert "完整性 Completeness 25% · 有效性 Validity 30% · 唯一性 Uniqueness 15%" in text
+    assert "一致性 Consistency 15% · 及时性 Timeliness 15%" in text
+
+
+def test_open_feedback_items_show_with_their_state_and_escaped_reasons() -> None:
+    document = render_page(quality_view())
+    page = Page(document)
+    items = [r["data-item"] for r in page.find("tr", inside="feedback") if "data-item" in r]
+    assert items == ["a1b2c3d4e5f6", "0f9e8d7c6b5a"]  # oldest first, as the view has them
+    assert page.find("tr", inside="feedback", class_="overdue") == [
+        {"class": "overdue", "data-item": "a1b2c3d4e5f6"}
+    ]
+    assert len(page.find("span", inside="feedback", class_="badge overdue")) == 1
+    text = page.text
+    assert "规则 rule person 32010419800101123X 320104-MZ-003 320104 民政局" in text
+    assert "异议 objection person 320104199002023456" in text
+    assert "已受理 acknowledged li.na @ 320104: 核实中 checking" in text
+    assert "地址已变更 <b>moved</b> to 秦淮区新址" in text
+    assert page.find("b", inside="feedback") == [], "user text is escaped"
+    assert "地址已变更 &lt;b&gt;moved&lt;/b&gt;" in document
+    assert "zhang.wei @ 320000 2026-11-18 09:00:00 UTC 33 min 20 s 前 ago" in text
+    assert (
+        "待处理 open: 1 · 已受理 acknowledged: 1 · 逾期 overdue: 1 · 隔离 held in quarantine: 20"
+        in text
+    )
+    # The discrepancies are feedback too: their table stays below the items.
+    assert "待处理疑问数据 Open discrepancies 无待处理疑问数据 no open discrepancies" in text
+
+
+def test_a_node_without_resources_or_a_quality_report_says_so() -> None:
+    view = make_view()
+    view["quality"] = flatten(
+        with_rollups(report("320100", "南京市", "city", pending=[{"code": "320102"}]))
+    )
+    view["feedback"] = []
+    page = Page(render_page(view))
+    assert "暂无可评分的资源 no resources to score yet" in page.text
+    assert "未上报 no report pulled yet: 320102" in page.text
+    assert "无待处理反馈 no open feedback items" in page.text
+    assert not page.find("table", id="quality-scores")
+    # An older node's view has neither: the page renders all the same.
+    old = Page(render_page(make_view()))
+    assert "此视图不含质量报告 this view carries no quality report" in old.text
+    assert "此视图不含反馈事项 this view carries no feedback items" in old.text

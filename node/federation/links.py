@@ -20,6 +20,7 @@ from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
 from node.config import Child, NodeConfig
 from node.errors import UserError
 from node.model.files import check_document
+from node.quality.report import check_report_document
 from node.store import IncomingBatch, Store
 from node.store.model import delivery_digest
 from node.wire import (
@@ -77,6 +78,7 @@ class ChildLink:
         # delivered, and when a failed delivery may be retried.
         self._delivered: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
+        self._quality_due = 0.0
         self.state = "connecting"
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
@@ -217,6 +219,7 @@ class ChildLink:
             )
         self._pull_model(info.model_digest)
         self._deliver_downward(info)
+        self._pull_quality(force=True)
 
     def _pull_model(self, child_digest: str) -> None:
         """Upward, pulled: keep the child's model (its proposal) when it changed."""
@@ -241,11 +244,37 @@ class ChildLink:
         models.save_child_model(self.child.code, model)
         log.info("child %s: works with model %s", self.child.code, model.label(), extra=self._log)
 
+    def _pull_quality(self, force: bool = False) -> None:
+        """Upward, pulled: the child's quality report (its subtree's scores), at most every
+        `report_pull_seconds`, so scores roll up county → city → province."""
+        now = time.monotonic()
+        if not force and now < self._quality_due:
+            return
+        self._quality_due = now + self._config.quality.report_pull_seconds
+        scores = self._store.scores
+        try:
+            reply = self._stub.GetQuality(
+                pb.GetQualityRequest(caller_code=self._config.code), timeout=10
+            )
+            if reply.digest == scores.child_report_digest(self.child.code):
+                return
+            report = check_report_document(reply.report_json, self.child.code)
+        except (grpc.RpcError, UserError) as exc:
+            log.warning(
+                "child %s: pulling its quality report failed: %s",
+                self.child.code,
+                _describe(exc),
+                extra=self._log,
+            )
+            return
+        scores.save_child_report(self.child.code, report, reply.digest)
+
     def _deliver_downward(self, info: pb.NodeInfo | None = None) -> None:
         """Downward on the same link: this node's standard items, its model (with its
-        names for the child's), and the discrepancies about the child's subtree, each when
-        the child's copy differs. Called at every connection (with the digests the child
-        reports) and, while streaming, whenever one of them changed here."""
+        names for the child's), its rule library, and the discrepancies and feedback items
+        about the child's subtree, each when the child's copy differs. Called at every
+        connection (with the digests the child reports) and, while streaming, whenever one
+        of them changed here."""
         store = self._store
         self._deliver(
             "standards",
@@ -264,6 +293,18 @@ class ChildLink:
             store.sources.generation,
             info.discrepancies_digest if info else None,
             self._send_discrepancies,
+        )
+        self._deliver(
+            "rules",
+            store.quality.generation,
+            info.rules_digest if info else None,
+            self._send_rules,
+        )
+        self._deliver(
+            "feedback",
+            store.feedback.generation,
+            info.feedback_digest if info else None,
+            self._send_feedback,
         )
 
     def _deliver(
@@ -345,6 +386,38 @@ class ChildLink:
             extra=self._log,
         )
 
+    def _send_rules(self, child_digest: str | None) -> None:
+        digest, library_json = self._store.quality.downward_library()
+        if digest == child_digest:
+            return
+        self._stub.DeliverRules(
+            pb.RulesDelivery(
+                parent_code=self._config.code, library_json=library_json, digest=digest
+            ),
+            timeout=10,
+        )
+        log.info("child %s: delivered the rule library", self.child.code, extra=self._log)
+
+    def _send_feedback(self, child_digest: str | None) -> None:
+        digest, table = self._store.feedback.downward_set(self.child.code)
+        if digest == child_digest:
+            return
+        self._stub.DeliverFeedback(
+            pb.FeedbackDelivery(
+                parent_code=self._config.code,
+                arrow_ipc=encode_table(table),
+                rows=table.num_rows,
+                digest=digest,
+            ),
+            timeout=10,
+        )
+        log.info(
+            "child %s: delivered %d feedback items about its subtree",
+            self.child.code,
+            table.num_rows,
+            extra=self._log,
+        )
+
     @staticmethod
     def _receive(call: Any, received: queue.Queue[Any], done: threading.Event) -> None:
         """Read the stream into a bounded queue (back-pressure) until the session ends."""
@@ -405,6 +478,7 @@ class ChildLink:
         self._deliver_downward()
         if group[-1].model_digest:
             self._pull_model(group[-1].model_digest)
+        self._pull_quality()
         last = group[-1]
         self.child_head = last.head_seq
         self.last_heartbeat = time.time()

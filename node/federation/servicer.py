@@ -19,7 +19,9 @@ from node.config import NodeConfig
 from node.divisions import is_within, lookup_division
 from node.errors import UserError
 from node.model.files import check_document, check_mapping_document
+from node.quality.report import QualityReporter
 from node.store import Store
+from node.store.feedback import FEEDBACK_SCHEMA
 from node.store.model import delivery_digest
 from node.store.sources import DISCREPANCY_SCHEMA
 from node.store.sources import delivery_digest as delivery_digest_of
@@ -41,9 +43,16 @@ def _within(code: str, ancestor: str) -> bool:
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, config: NodeConfig, store: Store, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: Store,
+        stopping: threading.Event,
+        reporter: QualityReporter,
+    ) -> None:
         self._config = config
         self._store = store
+        self._reporter = reporter
         self._stopping = stopping
         self._acks: dict[str, tuple[int, float]] = {}
         self._node_id = store.identity().node_id
@@ -62,6 +71,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             model_digest=self._store.model_digest,
             parent_model_digest=self._store.models.offered_digest(request.caller_code),
             discrepancies_digest=self._store.sources.received_digest(request.caller_code),
+            rules_digest=self._store.quality.received_digest(request.caller_code),
+            feedback_digest=self._store.feedback.received_digest(request.caller_code),
             entities=[
                 pb.EntitySchema(name=e.name, key=e.key, columns=list(e.column_names))
                 for e in self._store.entities.values()
@@ -232,6 +243,60 @@ class FederationServicer(pb_grpc.FederationServicer):
                 extra={"parent": parent},
             )
         return pb.DiscrepancyReceipt(digest=request.digest, rows=table.num_rows)
+
+    def DeliverRules(
+        self, request: pb.RulesDelivery, context: grpc.ServicerContext
+    ) -> pb.RulesReceipt:
+        """Take the parent's rule library; it applies here from the next import or batch."""
+        parent = request.parent_code
+        self._check_above(parent, context)
+        if self._store.quality.received_digest(parent) != request.digest:
+            try:
+                self._store.quality.receive_library(parent, request.library_json, request.digest)
+            except UserError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            log.info("received the rule library of parent %s", parent, extra={"parent": parent})
+        return pb.RulesReceipt(digest=request.digest)
+
+    def DeliverFeedback(
+        self, request: pb.FeedbackDelivery, context: grpc.ServicerContext
+    ) -> pb.FeedbackReceipt:
+        """Take the parent's feedback items about this node's subtree (they replace its last
+        set)."""
+        parent = request.parent_code
+        self._check_above(parent, context)
+        try:
+            table = decode_table(request.arrow_ipc).cast(FEEDBACK_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"feedback delivery: {exc}")
+        if delivery_digest_of(table) != request.digest:
+            context.abort(grpc.StatusCode.DATA_LOSS, "feedback items do not match their digest")
+        outside = [
+            s
+            for s in table.column("owner_node").to_pylist()
+            if not (isinstance(s, str) and _within(s, self._config.code))
+        ]
+        if outside:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"feedback item about node {outside[0]}'s record, which is not node "
+                f"{self._config.code} or below it",
+            )
+        if self._store.feedback.received_digest(parent) != request.digest:
+            self._store.feedback.replace_received(parent, table, request.digest)
+            log.info(
+                "received %d feedback items from parent %s",
+                table.num_rows,
+                parent,
+                extra={"parent": parent},
+            )
+        return pb.FeedbackReceipt(digest=request.digest, rows=table.num_rows)
+
+    def GetQuality(
+        self, request: pb.GetQualityRequest, context: grpc.ServicerContext
+    ) -> pb.QualityDocument:
+        report_json, report_digest = self._reporter.document()
+        return pb.QualityDocument(report_json=report_json, digest=report_digest)
 
     def DeliverStandards(
         self, request: pb.StandardsDelivery, context: grpc.ServicerContext

@@ -84,7 +84,7 @@ class ModelFileError(UserError):
 # ----- reading --------------------------------------------------------------------------
 
 
-def _read(path: Path) -> tuple[Any, dict[DocPath, int]]:
+def read_located(path: Path) -> tuple[Any, dict[DocPath, int]]:
     """The parsed document and the line of each key/item in it."""
     text = read_user_text(path)
     suffix = path.suffix.lower()
@@ -351,7 +351,7 @@ def _escaped(text: str, pos: int) -> bool:
 # ----- checking ---------------------------------------------------------------------------
 
 
-class _Checker:
+class Checker:
     """Collects problems with the line of the item they concern."""
 
     def __init__(self, locs: Mapping[DocPath, int]) -> None:
@@ -428,7 +428,7 @@ def _identifier_problem(name: str, what: str) -> str | None:
     return None
 
 
-def _code_values(check: _Checker, value: Any, where: DocPath, label: str) -> list[tuple[str, str]]:
+def _code_values(check: Checker, value: Any, where: DocPath, label: str) -> list[tuple[str, str]]:
     """Codes as a table `{code = label}` or a list of `[code, label]` pairs."""
     pairs: list[tuple[DocPath, Any, Any]] = []
     if isinstance(value, dict):
@@ -460,7 +460,7 @@ def _code_values(check: _Checker, value: Any, where: DocPath, label: str) -> lis
 
 
 def _check_model(data: Any, locs: Mapping[DocPath, int]) -> tuple[Model | None, list[Problem]]:
-    check = _Checker(locs)
+    check = Checker(locs)
     if not data:
         check.add(1, "the model file is empty; it needs name, version and [[entities]]")
         return None, check.problems
@@ -502,7 +502,7 @@ def _check_model(data: Any, locs: Mapping[DocPath, int]) -> tuple[Model | None, 
     return model, []
 
 
-def _check_code_lists(check: _Checker, value: Any) -> dict[str, CodeList]:
+def _check_code_lists(check: Checker, value: Any) -> dict[str, CodeList]:
     result: dict[str, CodeList] = {}
     for where, item in check.tables(value, ("code_lists",), "code list"):
         spec = check.table(item, where, CODE_LIST_KEYS, "code list")
@@ -543,7 +543,7 @@ def _check_code_lists(check: _Checker, value: Any) -> dict[str, CodeList]:
 
 
 def _check_entities(
-    check: _Checker, value: Any, code_lists: Mapping[str, CodeList]
+    check: Checker, value: Any, code_lists: Mapping[str, CodeList]
 ) -> dict[str, ModelEntity | None]:
     """Entities by name; None for one that is declared but broken (its problems are
     reported), so relations naming it do not report it again as unknown."""
@@ -598,7 +598,7 @@ def _check_entities(
 
 
 def _check_attribute(
-    check: _Checker,
+    check: Checker,
     where: DocPath,
     item: Any,
     entity: str,
@@ -655,7 +655,7 @@ def _check_attribute(
 
 
 def _check_relations(
-    check: _Checker, value: Any, entities: Mapping[str, ModelEntity | None]
+    check: Checker, value: Any, entities: Mapping[str, ModelEntity | None]
 ) -> list[Relation]:
     result: list[Relation] = []
     names: set[str] = set()
@@ -722,7 +722,7 @@ def _check_relations(
 
 
 def _check_via(
-    check: _Checker,
+    check: Checker,
     where: DocPath,
     label: str,
     via: str,
@@ -752,7 +752,7 @@ def _check_via(
 
 
 def _check_through(
-    check: _Checker,
+    check: Checker,
     where: DocPath,
     label: str,
     through: str,
@@ -791,7 +791,7 @@ def _check_through(
 
 def load_model(path: Path) -> Model:
     """Read and check a model file; any problem raises ModelFileError (a UserError)."""
-    data, locs = _read(path)
+    data, locs = read_located(path)
     model, problems = _check_model(data, locs)
     if model is None:
         raise ModelFileError(path, problems or [Problem(1, "not a model file")])
@@ -811,7 +811,7 @@ def check_document(doc: Mapping[str, Any], where: str) -> Model:
 
 def check_mapping_document(doc: Mapping[str, Any], model: Model, where: str) -> NodeMapping:
     """One child's mapping document from the wire, checked like a mapping file's table."""
-    check = _Checker({})
+    check = Checker({})
     mappings: dict[str, EntityMapping] = {}
     for standard, spec in doc.items():
         shaped = _without_nulls(spec) if isinstance(spec, dict) else spec
@@ -834,8 +834,8 @@ def _without_nulls(value: Any) -> Any:
 
 def load_mapping(path: Path, model: Model) -> dict[str, NodeMapping]:
     """Read a mapping file (children's local names → `model`'s names), by child code."""
-    data, locs = _read(path)
-    check = _Checker(locs)
+    data, locs = read_located(path)
+    check = Checker(locs)
     top = check.table(data, (), ("children",), "the mapping file") if data else {}
     children = top.get("children")
     if children is None:
@@ -874,7 +874,7 @@ def load_mapping(path: Path, model: Model) -> dict[str, NodeMapping]:
 
 
 def _check_entity_mapping(
-    check: _Checker, where: DocPath, code: str, standard: str, spec: Any, model: Model
+    check: Checker, where: DocPath, code: str, standard: str, spec: Any, model: Model
 ) -> EntityMapping | None:
     label = f"child {code} entity {standard!r}"
     entity = model.entity(standard)

@@ -207,8 +207,11 @@ class ModelService:
         carried.update(mappings)  # new ones already name the target's attributes
         types = {(e.name, a.name): a.type for e in plan.target.entities for a in e.attributes}
         catalog, sources = self.store.catalog, self.store.sources
+        feedback, quality = self.store.feedback, self.store.quality
 
         def rewrite_names(cur: Any, p: Plan) -> list[str]:
+            feedback.rename_for_model(cur, p.renames)
+            quality.rename_for_model(cur, p.renames)
             return [
                 *catalog.rewrite_for_model(
                     cur, p.renames, p.dropped_attributes, types, actor, f"model {action}"

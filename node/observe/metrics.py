@@ -8,6 +8,7 @@ prometheus_client's standard ProcessCollector.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 from node import __version__
 from node.catalog.freshness import STATES
 from node.federation.links import LinkStatus
+from node.quality.report import SCORES, flatten
 from node.service import NodeService
 from node.store import LinkRecord
 
@@ -95,6 +97,7 @@ class NodeCollector(Collector):
 
         yield from self._catalog()
         yield from self._model_and_sources(status)
+        yield from self._quality(status["quality"])
 
     def _children(
         self,
@@ -193,6 +196,49 @@ class NodeCollector(Collector):
             "Values held from non-authoritative sources (observations) in this node's log.",
             value=counts["observations"],
         )
+
+    def _quality(self, quality: dict[str, Any]) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "tongyuan_quarantine_rows",
+            "Rows held in quarantine by a blocking rule, by entity and resource.",
+            labels=["entity", "resource"],
+        )
+        for group in quality["quarantine"]["held_by_resource"]:
+            held.add_metric([group["entity"], group["resource"] or ""], group["rows"])
+        yield held
+        yield GaugeMetricFamily(
+            "tongyuan_quality_flags",
+            "Record versions applied with a warning flag (a warning rule failed).",
+            value=quality["quarantine"]["flags"],
+        )
+        feedback = GaugeMetricFamily(
+            "tongyuan_feedback_items",
+            "Feedback items known here by state (overdue: open or acknowledged too long).",
+            labels=["state"],
+        )
+        for state in ("open", "acknowledged", "closed", "overdue"):
+            feedback.add_metric([state], quality["feedback"][state])
+        yield feedback
+        yield from self._scores()
+
+    def _scores(self) -> Iterator[Metric]:
+        """The quality report as parents get it (cached for a moment, and its measures
+        are recomputed only for resources whose data changed)."""
+        score = GaugeMetricFamily(
+            "tongyuan_quality_score",
+            "Quality scores (0–1) per resource of this node and below, and rolled up per "
+            'node (resource=""), by measure (completeness, validity, uniqueness, '
+            "consistency, timeliness, overall).",
+            labels=["node", "resource", "measure"],
+        )
+        report = json.loads(self.service.reporter.document()[0])
+        for row in flatten(report):
+            if row["kind"] not in ("resource", "rollup"):
+                continue
+            for measure in SCORES:
+                if row[measure] is not None:
+                    score.add_metric([row["node"], row["resource"], measure], row[measure])
+        yield score
 
     def _catalog(self) -> Iterator[Metric]:
         freshness = GaugeMetricFamily(

@@ -64,6 +64,30 @@ FREQUENCY_LABELS = {
     "yearly": "每年",
 }
 STATUS_LABELS = {"draft": "草稿", "published": "已发布", "retired": "已退役"}
+# Quality scores: the columns of the report, and the overall score's colour by level.
+SCORE_COLUMNS = (
+    ("completeness", "完整性", "Completeness"),
+    ("validity", "有效性", "Validity"),
+    ("uniqueness", "唯一性", "Uniqueness"),
+    ("consistency", "一致性", "Consistency"),
+    ("timeliness", "及时性", "Timeliness"),
+    ("overall", "综合", "Overall"),
+)
+QUALITY_GOOD, QUALITY_WARN = 0.9, 0.7
+SCORE_COLOURS = {
+    "good": FRESHNESS_COLOURS["fresh"],
+    "warn": FRESHNESS_COLOURS["late"],
+    "bad": FRESHNESS_COLOURS["stale"],
+}
+SCORE_LEVEL_LABELS = {"good": "良好", "warn": "一般", "bad": "较差"}
+FEEDBACK_KIND_LABELS = {"rule": "规则", "objection": "异议"}
+FEEDBACK_STATE_LABELS = {
+    "open": "待处理",
+    "acknowledged": "已受理",
+    "corrected": "已更正",
+    "confirmed-correct": "确认无误",
+    "rejected": "已驳回",
+}
 
 # Tree diagram geometry (SVG user units; the drawing scales down on narrow screens).
 TREE_WIDTH = 1160
@@ -112,7 +136,7 @@ tr.error-row .en{color:#c65b5b}
  font-size:15px}
 .bar{display:flex;width:180px;height:10px;border-radius:5px;overflow:hidden;
  background:#eceff1;margin-top:5px}
-.split{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+tr.rollup td{font-weight:600;background:#f7f9fb}
 svg{max-width:100%;height:auto;display:block}
 svg text{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei","WenQuanYi Micro Hei",
  system-ui,sans-serif}
@@ -121,7 +145,9 @@ footer{max-width:1220px;margin:0 auto;padding:0 24px 24px;color:#8a97a5;font-siz
 
 
 def render_page(view: Mapping[str, Any]) -> str:
-    """The whole status page for one view: `{node, lag_history, catalog, generated_at}`."""
+    """The whole status page for one view (`node.observe.view`): `{node, lag_history,
+    catalog, discrepancies, quality, quality_weights, feedback, generated_at}`; a view
+    without the later keys (an older node's) renders with those parts saying so."""
     node: Mapping[str, Any] = view.get("node") or {}
     now = _parse_time(view.get("generated_at"))
     children: list[Mapping[str, Any]] = list(node.get("children") or [])
@@ -130,7 +156,7 @@ def render_page(view: Mapping[str, Any]) -> str:
         _tree_section(node, children, now),
         _lag_section(children, view.get("lag_history") or {}),
         _catalogue_section(view.get("catalog") or [], node.get("catalog") or {}, now),
-        _quality_section(view.get("discrepancies") or [], node.get("discrepancies") or {}),
+        _quality_section(view, node, now),
     ]
     title = f"{_e(node.get('code'))} {_e(node.get('name'))} · 同源 Tongyuan 节点状态"
     return "\n".join(
@@ -791,18 +817,261 @@ def _model_card(model: Mapping[str, Any]) -> str:
     return text
 
 
-# ----- quality (scores not yet built) and feedback ---------------------------------------
+# ----- quality scores and feedback ---------------------------------------------------------
 
 
-def _quality_section(discrepancies: Sequence[Mapping[str, Any]], counts: Mapping[str, Any]) -> str:
-    note = '<p class="note">尚未启用 not available yet — comes with data quality</p>'
+def _quality_section(view: Mapping[str, Any], node: Mapping[str, Any], now: datetime | None) -> str:
+    quality = node.get("quality") or {}
     return (
         f'<section id="quality"><h2>{_label("数据质量与反馈", "Data quality and feedback")}</h2>'
-        '<div class="split">'
-        f"<div><h3>{_label('各下级质量评分', 'Quality scores per child')}</h3>{note}</div>"
-        f"<div><h3>{_label('待处理反馈', 'Open feedback items')}</h3>"
-        f"{_discrepancies_table(discrepancies, counts)}</div>"
-        "</div></section>"
+        f"<h3>{_label('各下级质量评分', 'Quality scores per child')}</h3>"
+        f"{_scores_table(view.get('quality'), view.get('quality_weights') or {})}"
+        f"<h3>{_label('待处理反馈', 'Open feedback items')}</h3>"
+        f"{_feedback_counts(quality)}"
+        f"{_feedback_table(view.get('feedback'), quality.get('feedback') or {}, now)}"
+        f"<h3>{_label('待处理疑问数据', 'Open discrepancies')}</h3>"
+        f"{_discrepancies_table(view.get('discrepancies') or [], node.get('discrepancies') or {})}"
+        "</section>"
+    )
+
+
+def _scores_table(rows: Sequence[Mapping[str, Any]] | None, weights: Mapping[str, Any]) -> str:
+    """The quality report line by line: each node's roll-up, its own resources, its children
+    below it (indented by depth), so children's scores read side by side."""
+    if rows is None:
+        return '<p class="note">此视图不含质量报告 this view carries no quality report</p>'
+    pending = [r for r in rows if r.get("kind") == "pending"]
+    if not rows or not any(r.get("kind") == "resource" for r in rows):
+        waiting = ""
+        if pending:
+            names = ", ".join(_node_label(r) for r in pending)
+            waiting = f'<p class="muted">未上报 no report pulled yet: {names}</p>'
+        return (
+            '<div class="empty" id="quality-empty">暂无可评分的资源 no resources to score yet '
+            '<div class="small">本节点或下级发布资源并导入数据后显示评分 scores show once '
+            "resources are published here or below and hold data</div></div>"
+            f"{waiting}"
+        )
+    head = _header_row(
+        [
+            _label("节点 / 资源", "Node / resource"),
+            ("num", _label("记录", "Records")),
+            *[("num", _label(zh, en)) for _, zh, en in SCORE_COLUMNS],
+        ]
+    )
+    body = "".join(_score_row(r) for r in rows)
+    return _weights_note(weights) + _table(head, body, "quality-scores")
+
+
+def _weights_note(weights: Mapping[str, Any]) -> str:
+    parts = [
+        f"{zh} {en} {_share(weights.get(name))}"
+        for name, zh, en in SCORE_COLUMNS
+        if name in weights
+    ]
+    if not parts:
+        return ""
+    return (
+        '<p class="small" id="quality-weights">综合评分 overall = 加权平均 weighted mean: '
+        f"{' · '.join(parts)} (权重按已有评分归一 renormalised over the scores that exist); "
+        "汇总行按记录数加权 roll-up lines weight each resource by its records. "
+        f"综合 overall ≥{QUALITY_GOOD:.0%} {_score_level_badge('good')} · "
+        f"≥{QUALITY_WARN:.0%} {_score_level_badge('warn')} · "
+        f"&lt;{QUALITY_WARN:.0%} {_score_level_badge('bad')}</p>"
+    )
+
+
+def _score_row(row: Mapping[str, Any]) -> str:
+    kind = str(row.get("kind") or "")
+    depth = _depth(row.get("depth"))
+    node = _node_label(row)
+    attributes = f'data-node="{_e(row.get("node"))}" data-kind="{_e(kind)}"'
+    if kind == "pending":
+        return (
+            f'<tr class="pending" {attributes}>'
+            f'<td style="padding-left:{_indent(depth)}px">{node}</td>'
+            f'<td colspan="{len(SCORE_COLUMNS) + 1}" class="muted">'
+            "未上报 no report pulled yet</td></tr>"
+        )
+    if kind == "rollup":
+        tier = str(row.get("tier") or "")
+        nodes = int(row.get("nodes") or 0)
+        covers = f"{_number(row.get('resources'))} 资源 resources"
+        if nodes > 1:
+            covers += f" · {_number(nodes)} 节点 nodes"
+        label = (
+            f'{node} <span class="small">{TIER_LABELS.get(tier, "")} {_e(tier)} · '
+            f"汇总 roll-up: {covers}</span>"
+        )
+        css = "rollup"
+    else:
+        label = f"{_e(row.get('resource'))} {_e(row.get('resource_name'))}"
+        attributes += f' data-resource="{_e(row.get("resource"))}"'
+        depth += 1
+        css = "resource"
+    scores = "".join(
+        f'<td class="num">{_percent(row.get(name))}</td>' for name, _, _ in SCORE_COLUMNS[:-1]
+    )
+    return (
+        f'<tr class="{css}" {attributes}>'
+        f'<td style="padding-left:{_indent(depth)}px">{label}</td>'
+        f'<td class="num">{_number(row.get("records"))}</td>{scores}'
+        f'<td class="num">{_score_badge(row.get("overall"))}</td></tr>'
+    )
+
+
+def _node_label(row: Mapping[str, Any]) -> str:
+    """A node's code and, when known, its name."""
+    name = row.get("node_name")
+    return f"{_e(row.get('node'))} {_e(name)}" if name else _e(row.get("node"))
+
+
+def _depth(value: Any) -> int:
+    try:
+        return max(0, min(int(value), 8))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _indent(depth: int) -> int:
+    return 8 + 18 * depth
+
+
+def _fraction(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _percent(value: Any) -> str:
+    """A score as a percentage with one decimal; a dash for no data."""
+    number = _fraction(value)
+    return "—" if number is None else f"{number * 100:.1f}%"
+
+
+def _share(value: Any) -> str:
+    number = _fraction(value)
+    return "—" if number is None else f"{number * 100:g}%"
+
+
+def _score_level(value: float) -> str:
+    return "good" if value >= QUALITY_GOOD else "warn" if value >= QUALITY_WARN else "bad"
+
+
+def _score_badge(value: Any) -> str:
+    number = _fraction(value)
+    if number is None:
+        return '<span class="muted">—</span>'
+    level = _score_level(number)
+    return (
+        f'<span class="badge score-{level}" style="background:{SCORE_COLOURS[level]}">'
+        f"{_percent(number)}</span>"
+    )
+
+
+def _score_level_badge(level: str) -> str:
+    return (
+        f'<span class="badge score-{level}" style="background:{SCORE_COLOURS[level]}">'
+        f"{SCORE_LEVEL_LABELS[level]} {level}</span>"
+    )
+
+
+def _feedback_counts(quality: Mapping[str, Any]) -> str:
+    """Items by state and the rows held in quarantine, from the node's status."""
+    counts = quality.get("feedback")
+    quarantine = quality.get("quarantine")
+    if not counts and not quarantine:
+        return ""
+    parts = []
+    if counts:
+        overdue = int(counts.get("overdue") or 0)
+        overdue_text = f"逾期 overdue: {_number(overdue)}"
+        if overdue:
+            overdue_text = f'<span class="warn">{overdue_text}</span>'
+        parts += [
+            f"待处理 open: {_number(counts.get('open', 0))}",
+            f"已受理 acknowledged: {_number(counts.get('acknowledged', 0))}",
+            overdue_text,
+        ]
+    if quarantine:
+        parts.append(f"隔离 held in quarantine: {_number(quarantine.get('held', 0))}")
+    return f'<p class="small" id="feedback-counts">{" · ".join(parts)}</p>'
+
+
+def _feedback_table(
+    items: Sequence[Mapping[str, Any]] | None, counts: Mapping[str, Any], now: datetime | None
+) -> str:
+    """Open and acknowledged items, oldest first: rules that failed on a record, and users'
+    objections, each addressed to the record's owner."""
+    if items is None:
+        return '<p class="note">此视图不含反馈事项 this view carries no feedback items</p>'
+    if not items:
+        return '<p class="note">无待处理反馈 no open feedback items</p>'
+    head = _header_row(
+        [
+            _label("编号", "Item"),
+            _label("类型", "Kind"),
+            _label("记录", "Record"),
+            _label("归属", "Owner"),
+            _label("原因", "Reason"),
+            _label("提出", "Raised"),
+            _label("状态", "State"),
+        ]
+    )
+    body = "".join(_feedback_row(item, now) for item in items)
+    total = int(counts.get("open") or 0) + int(counts.get("acknowledged") or 0)
+    cut = ""
+    if len(items) < total:
+        cut = (
+            f'<p class="small">显示 showing {len(items)} / {total} · '
+            "完整列表 full list: <code>tongyuan feedback list</code></p>"
+        )
+    return _table(head, body, "feedback") + cut
+
+
+def _feedback_row(item: Mapping[str, Any], now: datetime | None) -> str:
+    kind = str(item.get("kind") or "")
+    state = str(item.get("state") or "")
+    resource = item.get("resource")
+    record = f"{_e(item.get('entity'))} {_e(item.get('record_key'))}"
+    if resource:
+        record += f'<div class="small">{_e(resource)}</div>'
+    where = ""
+    if item.get("at_owner"):
+        where = '<div class="small">在此答复 answer here</div>'
+    elif item.get("travels_to"):
+        where = f'<div class="small">→ 节点 node {_e(item.get("travels_to"))}</div>'
+    responses = item.get("responses") or []
+    answered = ""
+    if responses and isinstance(responses[-1], Mapping):
+        last = responses[-1]
+        note = f": {_e(last.get('note'))}" if last.get("note") else ""
+        answered = (
+            f'<div class="small">{_e(last.get("actor"))} @ {_e(last.get("node"))}{note}</div>'
+        )
+    overdue = ""
+    if item.get("overdue"):
+        overdue = (
+            f' <span class="badge overdue" style="background:{SCORE_COLOURS["bad"]}">'
+            "逾期 overdue</span>"
+        )
+    css = ' class="overdue"' if item.get("overdue") else ""
+    return (
+        f'<tr{css} data-item="{_e(item.get("id"))}">'
+        f'<td class="small">{_e(item.get("id"))}</td>'
+        f'<td class="nowrap">{FEEDBACK_KIND_LABELS.get(kind, "")} {_e(kind)}</td>'
+        f"<td>{record}</td>"
+        f"<td>{_e(item.get('owner_node'))} {_e(item.get('owner_dept'))}{where}</td>"
+        f"<td>{_e(item.get('reason'))}</td>"
+        f"<td>{_e(item.get('raised_by'))} @ {_e(item.get('raised_node'))}"
+        f"<div>{_when(item.get('raised_at'), now)}</div></td>"
+        f'<td><span class="nowrap">{FEEDBACK_STATE_LABELS.get(state, "")} {_e(state)}'
+        f"</span>{overdue}{answered}</td>"
+        "</tr>"
     )
 
 

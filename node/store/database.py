@@ -118,3 +118,16 @@ class Database:
             self._db.close()
             self.closed = True
         self.notify_head()
+
+
+def register_arrow(cur: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Make an Arrow table visible to SQL in the middle of a transaction. DuckDB refuses
+    while a result is partly fetched (`fetchone()` of a one-row answer), so a fully
+    fetched trivial query takes its place first."""
+    cur.execute("SELECT 1").fetchall()
+    cur.register(name, table)
+
+
+def unregister_arrow(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    cur.execute("SELECT 1").fetchall()
+    cur.unregister(name)

@@ -187,6 +187,82 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0006_quality",
+        (
+            # The rule library in layers: 'received' (the parent's published library, all
+            # its layers), 'published' (this node's own, passed down with the received
+            # ones) and 'local' (this node's own, applied here only).
+            """CREATE TABLE tongyuan.rule_layers (
+                role VARCHAR NOT NULL,
+                doc VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL,
+                source VARCHAR NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL
+            )""",
+            # Rows held back by a blocking rule, from an import (received_from NULL) or
+            # from a child: the whole row as JSON so release can re-validate and apply it.
+            """CREATE TABLE tongyuan.quarantine (
+                id VARCHAR NOT NULL,
+                entity VARCHAR NOT NULL,
+                record_key VARCHAR,
+                origin_node VARCHAR NOT NULL,
+                origin_dept VARCHAR,
+                origin_seq BIGINT,
+                origin_resource VARCHAR,
+                received_from VARCHAR,
+                batch_id VARCHAR NOT NULL,
+                source VARCHAR NOT NULL,
+                fields VARCHAR[] NOT NULL,
+                row_json VARCHAR NOT NULL,
+                rules VARCHAR[] NOT NULL,
+                reasons VARCHAR[] NOT NULL,
+                quarantined_at TIMESTAMPTZ NOT NULL,
+                state VARCHAR NOT NULL,
+                settled_at TIMESTAMPTZ,
+                settled_by VARCHAR
+            )""",
+            # Warnings: the version of a record (origin_node, key, origin_seq) that was
+            # applied although a warning rule failed on it.
+            """CREATE TABLE tongyuan.quality_flags (
+                entity VARCHAR NOT NULL,
+                origin_node VARCHAR NOT NULL,
+                record_key VARCHAR NOT NULL,
+                origin_seq BIGINT NOT NULL,
+                rule VARCHAR NOT NULL,
+                reason VARCHAR NOT NULL,
+                flagged_at TIMESTAMPTZ NOT NULL
+            )""",
+            # Questionable records sent back to the node and department owning them:
+            # raised here (received_from NULL) or delivered by the parent.
+            """CREATE TABLE tongyuan.feedback (
+                id VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL,
+                entity VARCHAR NOT NULL,
+                resource VARCHAR,
+                record_key VARCHAR NOT NULL,
+                owner_node VARCHAR NOT NULL,
+                owner_dept VARCHAR,
+                record_seq BIGINT,
+                reason VARCHAR NOT NULL,
+                raised_node VARCHAR NOT NULL,
+                raised_by VARCHAR NOT NULL,
+                raised_at TIMESTAMPTZ NOT NULL,
+                received_from VARCHAR
+            )""",
+            """CREATE TABLE tongyuan.received_feedback (
+                parent_code VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL
+            )""",
+            # Each child's quality report as last pulled.
+            """CREATE TABLE tongyuan.child_quality (
+                child_code VARCHAR NOT NULL,
+                doc VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL,
+                fetched_at TIMESTAMPTZ NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -19,14 +19,17 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from node.entities import INTERNAL_NAMES, Column, Entity
 from node.errors import InputFileError, UserError
 from node.model import load_base_model
 from node.model.schema import Model
 from node.store.catalog import CATALOG, NODES, CatalogStore
-from node.store.database import Database
+from node.store.database import Database, register_arrow, unregister_arrow
+from node.store.feedback import FEEDBACK_RESPONSES, FeedbackStore
 from node.store.model import ModelStore, model_codes_table
+from node.store.quality import QualityStore, Screening
 from node.store.schema import (
     WIRE_LINEAGE,
     apply_migrations,
@@ -36,6 +39,7 @@ from node.store.schema import (
     quote,
     stored_columns,
 )
+from node.store.scores import ScoresStore
 from node.store.sources import OBSERVATIONS, SourcesStore
 
 Progress = Callable[[str, int, int], None]
@@ -50,7 +54,7 @@ EXPECTED_VALUE = {
     "timestamp": "a date and time (YYYY-MM-DD HH:MM:SS, years 1–9999)",
 }
 # Tables of the node's own in the change log (they travel upward like data).
-INTERNAL_ENTITIES: tuple[Entity, ...] = (CATALOG, NODES, OBSERVATIONS)
+INTERNAL_ENTITIES: tuple[Entity, ...] = (CATALOG, NODES, OBSERVATIONS, FEEDBACK_RESPONSES)
 # Below this many rows an apply skips the existence probe (fewer statements, lower latency).
 SMALL_BATCH_ROWS = 2048
 
@@ -88,6 +92,11 @@ class IngestResult:
     unchanged: int
     first_seq: int | None
     last_seq: int | None
+    # Rows held in quarantine by a blocking rule, rows written but flagged by a warning
+    # rule, and the held rows per rule.
+    quarantined: int = 0
+    flagged: int = 0
+    held_by_rule: tuple[tuple[str, int], ...] = ()
 
     @property
     def changes(self) -> int:
@@ -173,6 +182,9 @@ class Store:
         self.catalog = CatalogStore(self, code)
         self.models = ModelStore(self)
         self.sources = SourcesStore(self, code)
+        self.feedback = FeedbackStore(self, code)
+        self.quality = QualityStore(self, code)
+        self.scores = ScoresStore(self, code)
 
     def use_model(self, model: Model, heads: dict[str, int]) -> None:
         """Work with `model`'s entities from now on (their tables exist: see ModelStore).
@@ -341,6 +353,7 @@ class Store:
         resource: str | None = None,
         columns: Sequence[str] | None = None,
         observing: tuple[str, str] | None = None,
+        releasing: Sequence[str] = (),
     ) -> IngestResult:
         """Validate a file's rows and apply its effective changes in one transaction.
 
@@ -351,7 +364,10 @@ class Store:
         the resource's catalogue entry (its freshness), in the same transaction.
         With `observing` (source node, department), the resource is not the attributes'
         authoritative source: its values are recorded as observations of that source's
-        records instead of changing them.
+        records instead of changing them. Otherwise the rule library screens the rows:
+        rows failing a blocking rule are held in quarantine (and left out), rows failing a
+        warning rule are written and flagged. `releasing` names the quarantined rows the
+        file re-imports (one id per row), settled instead of held twice.
         """
         report = progress or (lambda phase, done, total: None)
         fields = list(columns or entity.column_names)
@@ -366,14 +382,30 @@ class Store:
         batch_id = uuid.uuid4().hex[:16]
         now = _now()
         publication = self.publication()
-        arrow = {"ingest_source": src, "model_codes": self._model_codes}
+        arrow = {"ingest_source": src, **self.quality.relations()}
         with self.db.write(arrow=arrow, on_commit=publication.fire) as cur:
             if resource is not None:
                 self.catalog.check_importable(cur, resource)
             report("validating", 0, rows)
             self._stage(cur, entity, source.column_names)
             self._validate_stage(cur, entity, source, file_label, locate, fields)
-            if observing is not None:
+            screening = Screening()
+            if observing is None:
+                report("checking rules", 0, rows)
+                screening = self.quality.screen_import(
+                    cur,
+                    entity,
+                    fields,
+                    origin_node=origin_node,
+                    department=department,
+                    resource=resource,
+                    batch_id=batch_id,
+                    file_label=file_label,
+                    locate=locate,
+                    now=now,
+                    releasing=releasing,
+                )
+            else:
                 self.sources.stage_observations(
                     cur,
                     entity,
@@ -400,11 +432,14 @@ class Store:
                 if c != entity.key
             )
             current = f"(SELECT * FROM {table} WHERE origin_node = ? AND NOT _deleted)"
+            # Held rows are left out; a snapshot still counts them as present, so their
+            # records are not deleted while they wait in quarantine.
+            not_held = "AND s._row NOT IN (SELECT _row FROM ingest_held)" if screening.held else ""
             cur.execute(
                 "CREATE OR REPLACE TEMP TABLE ingest_delta AS "
                 f"SELECT s._row, s.{key}, {values}, c.{key} IS NULL AS _is_new "
                 f"FROM ingest_stage s LEFT JOIN {current} c ON s.{key} = c.{key} "
-                f"WHERE c.{key} IS NULL OR {compare or 'false'}",
+                f"WHERE (c.{key} IS NULL OR {compare or 'false'}) {not_held}",
                 [origin_node],
             )
             # A snapshot is one resource's complete set: it deletes only records that
@@ -437,6 +472,8 @@ class Store:
                 self._write_ingest(
                     cur, entity, origin_node, department, resource, batch_id, now, base
                 )
+                if observing is None:
+                    self.quality.flag_import(cur, entity, origin_node, now)
             stamped = touch and self.catalog.touch_entry(cur, resource, head, now)  # type: ignore[arg-type]
             n_delta = int(inserted) + int(updated)
             result = IngestResult(
@@ -448,7 +485,10 @@ class Store:
                 inserted=int(inserted),
                 updated=int(updated),
                 deleted=int(deleted),
-                unchanged=rows - n_delta,
+                unchanged=rows - n_delta - screening.held,
+                quarantined=screening.held,
+                flagged=screening.flagged,
+                held_by_rule=screening.held_by_rule,
                 first_seq=base + 1 if changes else None,
                 last_seq=base + changes if changes else None,
             )
@@ -475,6 +515,7 @@ class Store:
             report("applying", changes, changes)
             for temp in ("ingest_stage", "ingest_delta", "ingest_gone"):
                 cur.execute(f"DROP TABLE {temp}")
+            self.quality.drop_eval(cur)
             changed = [entity.name, "catalog"] if stamped else [entity.name]
             publication.set(head, changed if changes else [])
         return result
@@ -856,9 +897,10 @@ class Store:
                 ordinal = np.arange(1, table.num_rows + 1, dtype=np.int64)
                 incoming[name] = table.append_column("_ord", pa.array(ordinal))
         publication = self.publication()
-        with self.db.write(
-            arrow={f"incoming_{n}": t for n, t in incoming.items()}, on_commit=publication.fire
-        ) as cur:
+        arrow = {f"incoming_{n}": t for n, t in incoming.items()}
+        if any(n in self.entities for n in incoming):
+            arrow.update(self.quality.relations())
+        with self.db.write(arrow=arrow, on_commit=publication.fire) as cur:
             row = cur.execute(
                 "SELECT (SELECT seq FROM tongyuan.head), "
                 "(SELECT checkpoint FROM tongyuan.links WHERE child_code = ?)",
@@ -886,7 +928,14 @@ class Store:
             head = base
             for name, table in incoming.items():
                 entity = self.log_entities[name]
-                count = self._apply_entity(cur, entity, table, self_code, child_code, now, head)
+                source = f"incoming_{name}"
+                if name in self.entities:
+                    table, source = self._screen_incoming(cur, entity, table, child_code, now)
+                count = self._apply_entity(
+                    cur, entity, table, self_code, child_code, now, head, source
+                )
+                if source.startswith("screened_"):
+                    unregister_arrow(cur, source)
                 if count:
                     head += table.num_rows
                     applied += count
@@ -914,6 +963,59 @@ class Store:
             publication.set(head, changed)
         return ApplyResult(last.last_seq, received, applied, redelivered=False)
 
+    def apply_released(
+        self, entity: Entity, table: pa.Table, ids: Sequence[str], child: str, self_code: str
+    ) -> int:
+        """Re-validate quarantined rows from `child` (wire columns, in `ids` order) and
+        apply those that pass like a batch; returns how many still fail."""
+        now = _now()
+        ordinal = np.arange(1, table.num_rows + 1, dtype=np.int64)
+        table = table.append_column("_ord", pa.array(ordinal))
+        source = f"incoming_{entity.name}"
+        publication = self.publication()
+        arrow = {source: table, **self.quality.relations()}
+        with self.db.write(arrow=arrow, on_commit=publication.fire) as cur:
+            held = self.quality.screen_incoming(cur, entity, source, child, now, releasing=ids)
+            if held is None:
+                self.quality.settle_released_all(cur, ids)
+                held = np.empty(0, dtype=np.int64)
+            if len(held):
+                keep = pc.invert(pc.is_in(table.column("_ord"), pa.array(held, pa.int64())))
+                table = table.filter(keep)
+                source = f"screened_{entity.name}"
+                register_arrow(cur, source, table)
+            (base,) = cur.execute("SELECT seq FROM tongyuan.head").fetchone()  # type: ignore[misc]
+            count = self._apply_entity(cur, entity, table, self_code, child, now, base, source)
+            if count:
+                head = int(base) + table.num_rows
+                cur.execute("UPDATE tongyuan.head SET seq = ?", [head])
+                publication.set(head, [entity.name])
+            if source.startswith("screened_"):
+                unregister_arrow(cur, source)
+        return len(held)
+
+    def _screen_incoming(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        table: pa.Table,
+        child_code: str,
+        now: datetime,
+    ) -> tuple[pa.Table, str]:
+        """A child's rows of one entity without those the rule library holds back."""
+        source = f"incoming_{entity.name}"
+        held = self.quality.screen_incoming(cur, entity, source, child_code, now)
+        if held is None:
+            return table, source
+        if len(held):
+            keep = pc.invert(pc.is_in(table.column("_ord"), pa.array(held, pa.int64())))
+            table = table.filter(keep)
+            source = f"screened_{entity.name}"
+            register_arrow(cur, source, table)
+        if self.quality.has_held(cur, entity.name):
+            self.quality.supersede_incoming(cur, entity, source, now)
+        return table, source
+
     @staticmethod
     def _apply_entity(
         cur: duckdb.DuckDBPyConnection,
@@ -923,6 +1025,7 @@ class Store:
         via: str,
         now: datetime,
         base: int,
+        source: str,
     ) -> int:
         """Apply one entity's incoming rows; returns how many became new versions.
 
@@ -937,7 +1040,6 @@ class Store:
         key = quote(entity.key)
         cols = ", ".join(quote(c) for c in entity.column_names)
         lineage = WIRE_LINEAGE
-        source = f"incoming_{entity.name}"
         identities = incoming.select(["origin_node", entity.key]).group_by(
             ["origin_node", entity.key]
         )

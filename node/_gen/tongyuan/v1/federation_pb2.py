@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctongyuan/v1/federation.proto\x12\x0btongyuan.v1\"%\n\x0eGetInfoRequest\x12\x13\n\x0b\x63\x61ller_code\x18\x01 \x01(\t\"\x9b\x02\n\x08NodeInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x10\n\x08head_seq\x18\x04 \x01(\x04\x12+\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x19.tongyuan.v1.EntitySchema\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x19\n\x11\x63ompacted_through\x18\x08 \x01(\x04\x12\x18\n\x10standards_digest\x18\t \x01(\t\x12\x14\n\x0cmodel_digest\x18\n \x01(\t\x12\x1b\n\x13parent_model_digest\x18\x0b \x01(\t\x12\x1c\n\x14\x64iscrepancies_digest\x18\x0c \x01(\t\":\n\x0c\x45ntitySchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\"v\n\x0bPullRequest\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x19\n\x11max_batch_changes\x18\x04 \x01(\r\x12\x14\n\x0cheartbeat_ms\x18\x05 \x01(\r\"\x9c\x01\n\x0b\x43hangeBatch\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x10\n\x08head_seq\x18\x03 \x01(\x04\x12,\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x1a.tongyuan.v1.EntityChanges\x12\x12\n\nsent_at_us\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_digest\x18\x06 \x01(\t\"@\n\rEntityChanges\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x11\n\tarrow_ipc\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"6\n\nAckRequest\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\"\x1c\n\x08\x41\x63kReply\x12\x10\n\x08head_seq\x18\x01 \x01(\x04\"\x9b\x01\n\x0cStandardItem\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\x12\x18\n\x10update_frequency\x18\x06 \x01(\t\x12\x13\n\x0borigin_node\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\r\"b\n\x11StandardsDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.tongyuan.v1.StandardItem\"1\n\x10StandardsReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\r\"&\n\x0fGetModelRequest\x12\x13\n\x0b\x63\x61ller_code\x18\x01 \x01(\t\"3\n\rModelDocument\x12\x12\n\nmodel_json\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"^\n\rModelDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x12\n\nmodel_json\x18\x02 \x01(\t\x12\x14\n\x0cmapping_json\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x1e\n\x0cModelReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"[\n\x13\x44iscrepancyDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x11\n\tarrow_ipc\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"2\n\x12\x44iscrepancyReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x32\x8a\x04\n\nFederation\x12=\n\x07GetInfo\x12\x1b.tongyuan.v1.GetInfoRequest\x1a\x15.tongyuan.v1.NodeInfo\x12\x43\n\x0bPullChanges\x12\x18.tongyuan.v1.PullRequest\x1a\x18.tongyuan.v1.ChangeBatch0\x01\x12=\n\x0b\x41\x63knowledge\x12\x17.tongyuan.v1.AckRequest\x1a\x15.tongyuan.v1.AckReply\x12Q\n\x10\x44\x65liverStandards\x12\x1e.tongyuan.v1.StandardsDelivery\x1a\x1d.tongyuan.v1.StandardsReceipt\x12\x44\n\x08GetModel\x12\x1c.tongyuan.v1.GetModelRequest\x1a\x1a.tongyuan.v1.ModelDocument\x12\x45\n\x0c\x44\x65liverModel\x12\x1a.tongyuan.v1.ModelDelivery\x1a\x19.tongyuan.v1.ModelReceipt\x12Y\n\x14\x44\x65liverDiscrepancies\x12 .tongyuan.v1.DiscrepancyDelivery\x1a\x1f.tongyuan.v1.DiscrepancyReceiptb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctongyuan/v1/federation.proto\x12\x0btongyuan.v1\"%\n\x0eGetInfoRequest\x12\x13\n\x0b\x63\x61ller_code\x18\x01 \x01(\t\"\xca\x02\n\x08NodeInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x10\n\x08head_seq\x18\x04 \x01(\x04\x12+\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x19.tongyuan.v1.EntitySchema\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x19\n\x11\x63ompacted_through\x18\x08 \x01(\x04\x12\x18\n\x10standards_digest\x18\t \x01(\t\x12\x14\n\x0cmodel_digest\x18\n \x01(\t\x12\x1b\n\x13parent_model_digest\x18\x0b \x01(\t\x12\x1c\n\x14\x64iscrepancies_digest\x18\x0c \x01(\t\x12\x14\n\x0crules_digest\x18\r \x01(\t\x12\x17\n\x0f\x66\x65\x65\x64\x62\x61\x63k_digest\x18\x0e \x01(\t\":\n\x0c\x45ntitySchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\"v\n\x0bPullRequest\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x19\n\x11max_batch_changes\x18\x04 \x01(\r\x12\x14\n\x0cheartbeat_ms\x18\x05 \x01(\r\"\x9c\x01\n\x0b\x43hangeBatch\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x10\n\x08head_seq\x18\x03 \x01(\x04\x12,\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x1a.tongyuan.v1.EntityChanges\x12\x12\n\nsent_at_us\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_digest\x18\x06 \x01(\t\"@\n\rEntityChanges\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x11\n\tarrow_ipc\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x04\"6\n\nAckRequest\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\"\x1c\n\x08\x41\x63kReply\x12\x10\n\x08head_seq\x18\x01 \x01(\x04\"\x9b\x01\n\x0cStandardItem\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\x12\x18\n\x10update_frequency\x18\x06 \x01(\t\x12\x13\n\x0borigin_node\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\r\"b\n\x11StandardsDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.tongyuan.v1.StandardItem\"1\n\x10StandardsReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\r\"&\n\x0fGetModelRequest\x12\x13\n\x0b\x63\x61ller_code\x18\x01 \x01(\t\"3\n\rModelDocument\x12\x12\n\nmodel_json\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"^\n\rModelDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x12\n\nmodel_json\x18\x02 \x01(\t\x12\x14\n\x0cmapping_json\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x1e\n\x0cModelReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"[\n\x13\x44iscrepancyDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x11\n\tarrow_ipc\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"2\n\x12\x44iscrepancyReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"J\n\rRulesDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x14\n\x0clibrary_json\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\x1e\n\x0cRulesReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"X\n\x10\x46\x65\x65\x64\x62\x61\x63kDelivery\x12\x13\n\x0bparent_code\x18\x01 \x01(\t\x12\x11\n\tarrow_ipc\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"/\n\x0f\x46\x65\x65\x64\x62\x61\x63kReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"(\n\x11GetQualityRequest\x12\x13\n\x0b\x63\x61ller_code\x18\x01 \x01(\t\"6\n\x0fQualityDocument\x12\x13\n\x0breport_json\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t2\xed\x05\n\nFederation\x12=\n\x07GetInfo\x12\x1b.tongyuan.v1.GetInfoRequest\x1a\x15.tongyuan.v1.NodeInfo\x12\x43\n\x0bPullChanges\x12\x18.tongyuan.v1.PullRequest\x1a\x18.tongyuan.v1.ChangeBatch0\x01\x12=\n\x0b\x41\x63knowledge\x12\x17.tongyuan.v1.AckRequest\x1a\x15.tongyuan.v1.AckReply\x12Q\n\x10\x44\x65liverStandards\x12\x1e.tongyuan.v1.StandardsDelivery\x1a\x1d.tongyuan.v1.StandardsReceipt\x12\x44\n\x08GetModel\x12\x1c.tongyuan.v1.GetModelRequest\x1a\x1a.tongyuan.v1.ModelDocument\x12\x45\n\x0c\x44\x65liverModel\x12\x1a.tongyuan.v1.ModelDelivery\x1a\x19.tongyuan.v1.ModelReceipt\x12Y\n\x14\x44\x65liverDiscrepancies\x12 .tongyuan.v1.DiscrepancyDelivery\x1a\x1f.tongyuan.v1.DiscrepancyReceipt\x12\x45\n\x0c\x44\x65liverRules\x12\x1a.tongyuan.v1.RulesDelivery\x1a\x19.tongyuan.v1.RulesReceipt\x12N\n\x0f\x44\x65liverFeedback\x12\x1d.tongyuan.v1.FeedbackDelivery\x1a\x1c.tongyuan.v1.FeedbackReceipt\x12J\n\nGetQuality\x12\x1e.tongyuan.v1.GetQualityRequest\x1a\x1c.tongyuan.v1.QualityDocumentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,37 +34,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=45
   _globals['_GETINFOREQUEST']._serialized_end=82
   _globals['_NODEINFO']._serialized_start=85
-  _globals['_NODEINFO']._serialized_end=368
-  _globals['_ENTITYSCHEMA']._serialized_start=370
-  _globals['_ENTITYSCHEMA']._serialized_end=428
-  _globals['_PULLREQUEST']._serialized_start=430
-  _globals['_PULLREQUEST']._serialized_end=548
-  _globals['_CHANGEBATCH']._serialized_start=551
-  _globals['_CHANGEBATCH']._serialized_end=707
-  _globals['_ENTITYCHANGES']._serialized_start=709
-  _globals['_ENTITYCHANGES']._serialized_end=773
-  _globals['_ACKREQUEST']._serialized_start=775
-  _globals['_ACKREQUEST']._serialized_end=829
-  _globals['_ACKREPLY']._serialized_start=831
-  _globals['_ACKREPLY']._serialized_end=859
-  _globals['_STANDARDITEM']._serialized_start=862
-  _globals['_STANDARDITEM']._serialized_end=1017
-  _globals['_STANDARDSDELIVERY']._serialized_start=1019
-  _globals['_STANDARDSDELIVERY']._serialized_end=1117
-  _globals['_STANDARDSRECEIPT']._serialized_start=1119
-  _globals['_STANDARDSRECEIPT']._serialized_end=1168
-  _globals['_GETMODELREQUEST']._serialized_start=1170
-  _globals['_GETMODELREQUEST']._serialized_end=1208
-  _globals['_MODELDOCUMENT']._serialized_start=1210
-  _globals['_MODELDOCUMENT']._serialized_end=1261
-  _globals['_MODELDELIVERY']._serialized_start=1263
-  _globals['_MODELDELIVERY']._serialized_end=1357
-  _globals['_MODELRECEIPT']._serialized_start=1359
-  _globals['_MODELRECEIPT']._serialized_end=1389
-  _globals['_DISCREPANCYDELIVERY']._serialized_start=1391
-  _globals['_DISCREPANCYDELIVERY']._serialized_end=1482
-  _globals['_DISCREPANCYRECEIPT']._serialized_start=1484
-  _globals['_DISCREPANCYRECEIPT']._serialized_end=1534
-  _globals['_FEDERATION']._serialized_start=1537
-  _globals['_FEDERATION']._serialized_end=2059
+  _globals['_NODEINFO']._serialized_end=415
+  _globals['_ENTITYSCHEMA']._serialized_start=417
+  _globals['_ENTITYSCHEMA']._serialized_end=475
+  _globals['_PULLREQUEST']._serialized_start=477
+  _globals['_PULLREQUEST']._serialized_end=595
+  _globals['_CHANGEBATCH']._serialized_start=598
+  _globals['_CHANGEBATCH']._serialized_end=754
+  _globals['_ENTITYCHANGES']._serialized_start=756
+  _globals['_ENTITYCHANGES']._serialized_end=820
+  _globals['_ACKREQUEST']._serialized_start=822
+  _globals['_ACKREQUEST']._serialized_end=876
+  _globals['_ACKREPLY']._serialized_start=878
+  _globals['_ACKREPLY']._serialized_end=906
+  _globals['_STANDARDITEM']._serialized_start=909
+  _globals['_STANDARDITEM']._serialized_end=1064
+  _globals['_STANDARDSDELIVERY']._serialized_start=1066
+  _globals['_STANDARDSDELIVERY']._serialized_end=1164
+  _globals['_STANDARDSRECEIPT']._serialized_start=1166
+  _globals['_STANDARDSRECEIPT']._serialized_end=1215
+  _globals['_GETMODELREQUEST']._serialized_start=1217
+  _globals['_GETMODELREQUEST']._serialized_end=1255
+  _globals['_MODELDOCUMENT']._serialized_start=1257
+  _globals['_MODELDOCUMENT']._serialized_end=1308
+  _globals['_MODELDELIVERY']._serialized_start=1310
+  _globals['_MODELDELIVERY']._serialized_end=1404
+  _globals['_MODELRECEIPT']._serialized_start=1406
+  _globals['_MODELRECEIPT']._serialized_end=1436
+  _globals['_DISCREPANCYDELIVERY']._serialized_start=1438
+  _globals['_DISCREPANCYDELIVERY']._serialized_end=1529
+  _globals['_DISCREPANCYRECEIPT']._serialized_start=1531
+  _globals['_DISCREPANCYRECEIPT']._serialized_end=1581
+  _globals['_RULESDELIVERY']._serialized_start=1583
+  _globals['_RULESDELIVERY']._serialized_end=1657
+  _globals['_RULESRECEIPT']._serialized_start=1659
+  _globals['_RULESRECEIPT']._serialized_end=1689
+  _globals['_FEEDBACKDELIVERY']._serialized_start=1691
+  _globals['_FEEDBACKDELIVERY']._serialized_end=1779
+  _globals['_FEEDBACKRECEIPT']._serialized_start=1781
+  _globals['_FEEDBACKRECEIPT']._serialized_end=1828
+  _globals['_GETQUALITYREQUEST']._serialized_start=1830
+  _globals['_GETQUALITYREQUEST']._serialized_end=1870
+  _globals['_QUALITYDOCUMENT']._serialized_start=1872
+  _globals['_QUALITYDOCUMENT']._serialized_end=1926
+  _globals['_FEDERATION']._serialized_start=1929
+  _globals['_FEDERATION']._serialized_end=2678
 # @@protoc_insertion_point(module_scope)

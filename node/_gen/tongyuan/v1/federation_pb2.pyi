@@ -57,6 +57,8 @@ class NodeInfo(_message.Message):
     MODEL_DIGEST_FIELD_NUMBER: _builtins.int
     PARENT_MODEL_DIGEST_FIELD_NUMBER: _builtins.int
     DISCREPANCIES_DIGEST_FIELD_NUMBER: _builtins.int
+    RULES_DIGEST_FIELD_NUMBER: _builtins.int
+    FEEDBACK_DIGEST_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -79,6 +81,10 @@ class NodeInfo(_message.Message):
     """Digest of the model delivery this node last received from the caller ("" if none)."""
     discrepancies_digest: _builtins.str
     """Digest of the discrepancy set this node last received from the caller ("" if none)."""
+    rules_digest: _builtins.str
+    """Digest of the rule library this node last received from the caller ("" if none)."""
+    feedback_digest: _builtins.str
+    """Digest of the feedback set this node last received from the caller ("" if none)."""
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntitySchema]:
         """Entities this node holds, with their column names (for diagnostics)."""
@@ -98,10 +104,12 @@ class NodeInfo(_message.Message):
         model_digest: _builtins.str = ...,
         parent_model_digest: _builtins.str = ...,
         discrepancies_digest: _builtins.str = ...,
+        rules_digest: _builtins.str = ...,
+        feedback_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "discrepancies_digest", b"discrepancies_digest", "entities", b"entities", "head_seq", b"head_seq", "model_digest", b"model_digest", "name", b"name", "node_id", b"node_id", "parent_model_digest", b"parent_model_digest", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "discrepancies_digest", b"discrepancies_digest", "entities", b"entities", "feedback_digest", b"feedback_digest", "head_seq", b"head_seq", "model_digest", b"model_digest", "name", b"name", "node_id", b"node_id", "parent_model_digest", b"parent_model_digest", "rules_digest", b"rules_digest", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -516,3 +524,141 @@ class DiscrepancyReceipt(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscrepancyReceipt: _TypeAlias = DiscrepancyReceipt  # noqa: Y015
+
+@_typing.final
+class RulesDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_CODE_FIELD_NUMBER: _builtins.int
+    LIBRARY_JSON_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    parent_code: _builtins.str
+    library_json: _builtins.str
+    """The library as canonical JSON: its layers, the parent's last (see node/quality/rules.py)."""
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent_code: _builtins.str = ...,
+        library_json: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "library_json", b"library_json", "parent_code", b"parent_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RulesDelivery: _TypeAlias = RulesDelivery  # noqa: Y015
+
+@_typing.final
+class RulesReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RulesReceipt: _TypeAlias = RulesReceipt  # noqa: Y015
+
+@_typing.final
+class FeedbackDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_CODE_FIELD_NUMBER: _builtins.int
+    ARROW_IPC_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    parent_code: _builtins.str
+    arrow_ipc: _builtins.bytes
+    """Arrow IPC stream, one row per feedback item (columns as in the store's table)."""
+    rows: _builtins.int
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent_code: _builtins.str = ...,
+        arrow_ipc: _builtins.bytes = ...,
+        rows: _builtins.int = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "digest", b"digest", "parent_code", b"parent_code", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackDelivery: _TypeAlias = FeedbackDelivery  # noqa: Y015
+
+@_typing.final
+class FeedbackReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackReceipt: _TypeAlias = FeedbackReceipt  # noqa: Y015
+
+@_typing.final
+class GetQualityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_CODE_FIELD_NUMBER: _builtins.int
+    caller_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_code", b"caller_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQualityRequest: _TypeAlias = GetQualityRequest  # noqa: Y015
+
+@_typing.final
+class QualityDocument(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.str
+    """The quality report as JSON (see node/quality/report.py) and its digest."""
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        report_json: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualityDocument: _TypeAlias = QualityDocument  # noqa: Y015

@@ -70,6 +70,21 @@ class FederationStub:
                 request_serializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyDelivery.SerializeToString,
                 response_deserializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyReceipt.FromString,
                 _registered_method=True)
+        self.DeliverRules = channel.unary_unary(
+                '/tongyuan.v1.Federation/DeliverRules',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.RulesDelivery.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.RulesReceipt.FromString,
+                _registered_method=True)
+        self.DeliverFeedback = channel.unary_unary(
+                '/tongyuan.v1.Federation/DeliverFeedback',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.FeedbackDelivery.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.FeedbackReceipt.FromString,
+                _registered_method=True)
+        self.GetQuality = channel.unary_unary(
+                '/tongyuan.v1.Federation/GetQuality',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.GetQualityRequest.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.QualityDocument.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -130,6 +145,29 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverRules(self, request, context):
+        """Downward: the caller's published rule library (its own layer and those from above);
+        the child applies it from then on, with its own local rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverFeedback(self, request, context):
+        """Downward: every feedback item the caller knows about a record owned by this node or a
+        node below it; the set replaces the previous one from the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuality(self, request, context):
+        """Upward, pulled: this node's quality report (its own resources and its subtree's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +205,21 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.DeliverDiscrepancies,
                     request_deserializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyDelivery.FromString,
                     response_serializer=tongyuan_dot_v1_dot_federation__pb2.DiscrepancyReceipt.SerializeToString,
+            ),
+            'DeliverRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverRules,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.RulesDelivery.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.RulesReceipt.SerializeToString,
+            ),
+            'DeliverFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverFeedback,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.FeedbackDelivery.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.FeedbackReceipt.SerializeToString,
+            ),
+            'GetQuality': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuality,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.GetQualityRequest.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.QualityDocument.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +412,87 @@ class Federation:
             '/tongyuan.v1.Federation/DeliverDiscrepancies',
             tongyuan_dot_v1_dot_federation__pb2.DiscrepancyDelivery.SerializeToString,
             tongyuan_dot_v1_dot_federation__pb2.DiscrepancyReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/DeliverRules',
+            tongyuan_dot_v1_dot_federation__pb2.RulesDelivery.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.RulesReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/DeliverFeedback',
+            tongyuan_dot_v1_dot_federation__pb2.FeedbackDelivery.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.FeedbackReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/GetQuality',
+            tongyuan_dot_v1_dot_federation__pb2.GetQualityRequest.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.QualityDocument.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,16 @@ class FederationStub:
     """Downward: every discrepancy the caller knows whose authoritative source is this
     node or a node below it; the set replaces the previous one from the caller.
     """
+    DeliverRules: _grpc.UnaryUnaryMultiCallable[_federation_pb2.RulesDelivery, _federation_pb2.RulesReceipt]
+    """Downward: the caller's published rule library (its own layer and those from above);
+    the child applies it from then on, with its own local rules.
+    """
+    DeliverFeedback: _grpc.UnaryUnaryMultiCallable[_federation_pb2.FeedbackDelivery, _federation_pb2.FeedbackReceipt]
+    """Downward: every feedback item the caller knows about a record owned by this node or a
+    node below it; the set replaces the previous one from the caller.
+    """
+    GetQuality: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetQualityRequest, _federation_pb2.QualityDocument]
+    """Upward, pulled: this node's quality report (its own resources and its subtree's)."""
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
@@ -89,6 +99,16 @@ class FederationAsyncStub(FederationStub):
     """Downward: every discrepancy the caller knows whose authoritative source is this
     node or a node below it; the set replaces the previous one from the caller.
     """
+    DeliverRules: _aio.UnaryUnaryMultiCallable[_federation_pb2.RulesDelivery, _federation_pb2.RulesReceipt]  # type: ignore[assignment]
+    """Downward: the caller's published rule library (its own layer and those from above);
+    the child applies it from then on, with its own local rules.
+    """
+    DeliverFeedback: _aio.UnaryUnaryMultiCallable[_federation_pb2.FeedbackDelivery, _federation_pb2.FeedbackReceipt]  # type: ignore[assignment]
+    """Downward: every feedback item the caller knows about a record owned by this node or a
+    node below it; the set replaces the previous one from the caller.
+    """
+    GetQuality: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetQualityRequest, _federation_pb2.QualityDocument]  # type: ignore[assignment]
+    """Upward, pulled: this node's quality report (its own resources and its subtree's)."""
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
     """Served by every node; called by its parent."""
@@ -157,5 +177,33 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         """Downward: every discrepancy the caller knows whose authoritative source is this
         node or a node below it; the set replaces the previous one from the caller.
         """
+
+    @_abc_1.abstractmethod
+    def DeliverRules(
+        self,
+        request: _federation_pb2.RulesDelivery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.RulesReceipt, _abc.Awaitable[_federation_pb2.RulesReceipt]]:
+        """Downward: the caller's published rule library (its own layer and those from above);
+        the child applies it from then on, with its own local rules.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverFeedback(
+        self,
+        request: _federation_pb2.FeedbackDelivery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.FeedbackReceipt, _abc.Awaitable[_federation_pb2.FeedbackReceipt]]:
+        """Downward: every feedback item the caller knows about a record owned by this node or a
+        node below it; the set replaces the previous one from the caller.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQuality(
+        self,
+        request: _federation_pb2.GetQualityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.QualityDocument, _abc.Awaitable[_federation_pb2.QualityDocument]]:
+        """Upward, pulled: this node's quality report (its own resources and its subtree's)."""
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Data quality: one rule library for the province, quarantine, scores and feedback."""

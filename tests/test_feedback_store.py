@@ -1,0 +1,436 @@
+"""Feedback items in the store, in-process on real DuckDB files: objections raised above
+a county about its records, delivered down to it, answered there and corrected, with the
+state each tier derives from what it holds; overdue items; what goes down to which child;
+and the refusals (a non-owner answering, an unknown resource or record) that write
+nothing.
+
+Changes travel between stores through the real wire encoding, as a parent pulls them;
+feedback sets go down as the link delivers them (downward_set → replace_received).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from node.catalog.operations import CatalogService
+from node.config import CONFIG_FILE, load_config, render_initial_config
+from node.divisions import tier_of
+from node.errors import UserError
+from node.model import load_base_model
+from node.quality.feedback import FeedbackService
+from node.store import IngestResult, Store
+from node.store.feedback import FEEDBACK_SCHEMA
+from node.store.sources import delivery_digest
+from node.wire import decode_batch, encode_window
+
+XUANWU, QINHUAI, NANJING, JIANGSU = "320102", "320104", "320100", "320000"
+ZHANG, LI, WANG = "320102199001011234", "32010219800101002X", "320104198505050011"
+
+
+class Node:
+    """A node directory as `tongyuan init` leaves it, with its store open."""
+
+    def __init__(self, base: Path, code: str, name: str) -> None:
+        directory = base / code
+        directory.mkdir()
+        (directory / CONFIG_FILE).write_text(
+            render_initial_config(code, name, "127.0.0.1:0"), encoding="utf-8"
+        )
+        self.code = code
+        self.config = load_config(directory)
+        self.store = Store.create(
+            self.config.store_path,
+            code=code,
+            name=name,
+            tier=tier_of(code).value,
+            model=load_base_model(),
+        )
+        self.catalog = CatalogService(self.config, self.store)
+        self.feedback = FeedbackService(self.config, self.store)
+        self.resource = f"{code}-GA-001"
+        self.catalog.add(
+            [
+                {
+                    "code": self.resource,
+                    "name": "户籍人口信息",
+                    "summary": "人口",
+                    "department": "公安局",
+                    "entity": "person",
+                    "update_frequency": "daily",
+                    "sharing": "unconditional",
+                    "fields": ["id_number", "name"],
+                }
+            ],
+            "people.toml",
+            "tester",
+            publish=True,
+        )
+
+    def ingest(self, rows: dict[str, str], *, snapshot: bool = False) -> IngestResult:
+        """Import {id_number: name} into this node's resource, as `tongyuan ingest` does."""
+        return self.store.ingest(
+            self.store.entities["person"],
+            pa.table(
+                {
+                    "id_number": pa.array(list(rows), pa.string()),
+                    "name": pa.array(list(rows.values()), pa.string()),
+                }
+            ),
+            file_label="people.csv",
+            locate=lambda i: f"row {i + 2}",
+            origin_node=self.code,
+            department="公安局",
+            snapshot=snapshot,
+            resource=self.resource,
+            columns=["id_number", "name"],
+        )
+
+    def pull(self, child: Node) -> None:
+        """Apply everything `child` logged since the last pull, as a link does."""
+        link = self.store.link(child.code)
+        after = link.checkpoint if link is not None else 0
+        window = child.store.read_window(after, 10_000)
+        batch = decode_batch(encode_window(window), self.store.log_entities, child.code)
+        self.store.apply_batches(child.code, self.code, [batch])
+
+    def deliver(self, child: Node) -> pa.Table:
+        """Send the child its feedback set, as the link does (the wire's schema)."""
+        digest, table = self.store.feedback.downward_set(child.code)
+        child.store.feedback.replace_received(self.code, table.cast(FEEDBACK_SCHEMA), digest)
+        return table
+
+    def states(self) -> dict[str, str]:
+        return {i["id"]: i["state"] for i in self.feedback.list(include_closed=True)}
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        found = [i for i in self.feedback.list(include_closed=True) if i["id"] == item_id]
+        assert len(found) == 1
+        return found[0]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
+    opened = {
+        code: Node(tmp_path, code, name)
+        for code, name in (
+            (XUANWU, "玄武区"),
+            (QINHUAI, "秦淮区"),
+            (NANJING, "南京市"),
+            (JIANGSU, "江苏省"),
+        )
+    }
+    try:
+        yield opened
+    finally:
+        for node in opened.values():
+            node.store.close()
+
+
+def sync_up(nodes: dict[str, Node]) -> None:
+    nodes[NANJING].pull(nodes[XUANWU])
+    nodes[NANJING].pull(nodes[QINHUAI])
+    nodes[JIANGSU].pull(nodes[NANJING])
+
+
+def deliver_down(nodes: dict[str, Node]) -> None:
+    nodes[JIANGSU].deliver(nodes[NANJING])
+    nodes[NANJING].deliver(nodes[XUANWU])
+    nodes[NANJING].deliver(nodes[QINHUAI])
+
+
+TIERS = (JIANGSU, NANJING, XUANWU)
+
+
+# ----- the lifecycle -------------------------------------------------------------------
+
+
+def test_an_objection_goes_down_is_acknowledged_and_a_correction_closes_it_everywhere(
+    nodes: dict[str, Node],
+) -> None:
+    county, province = nodes[XUANWU], nodes[JIANGSU]
+    first = county.ingest({ZHANG: "张三", LI: "李四"})
+    assert first.first_seq is not None
+    sync_up(nodes)
+
+    # At the province, Li Si's key typed with a lower-case x still finds the record.
+    item = province.feedback.raise_objection(
+        county.resource, LI.lower(), "姓名与婚姻登记不符", actor="省大数据局王五"
+    )
+    assert item == item | {
+        "kind": "objection",
+        "entity": "person",
+        "resource": county.resource,
+        "record_key": LI,
+        "owner_node": XUANWU,
+        "owner_dept": "公安局",
+        "record_seq": first.first_seq + 1,  # Li Si's version (second row of the file)
+        "reason": "姓名与婚姻登记不符",
+        "raised_node": JIANGSU,
+        "raised_by": "省大数据局王五",
+        "received_from": None,
+        "state": "open",
+        "closed": False,
+        "overdue": False,
+        "responses": [],
+        "at_owner": False,
+        "travels_to": XUANWU,
+    }
+    assert datetime.fromisoformat(item["raised_at"]).tzinfo is not None
+    assert county.feedback.list() == [], "nothing reached the county yet"
+
+    deliver_down(nodes)
+    assert nodes[QINHUAI].feedback.list() == [], "only the owner's branch receives it"
+    at_county = county.item(item["id"])
+    assert at_county["received_from"] == NANJING
+    assert (at_county["state"], at_county["at_owner"], at_county["travels_to"]) == (
+        "open",
+        True,
+        None,
+    )
+    assert nodes[NANJING].item(item["id"])["received_from"] == JIANGSU
+
+    # The county acknowledges; its answer travels up like data.
+    answer = county.feedback.respond(item["id"], "acknowledged", "核实中", actor="玄武公安张警官")
+    assert answer["state"] == "acknowledged"
+    assert answer["response"]["node"] == XUANWU
+    for code in TIERS:
+        assert nodes[code].item(item["id"])["state"] == (
+            "acknowledged" if code == XUANWU else "open"
+        )
+    sync_up(nodes)
+    for code in TIERS:
+        seen = nodes[code].item(item["id"])
+        assert seen["state"] == "acknowledged"
+        assert [(r["state"], r["actor"], r["node"], r["note"]) for r in seen["responses"]] == [
+            ("acknowledged", "玄武公安张警官", XUANWU, "核实中")
+        ]
+    assert province.store.feedback.counts(72) == {
+        "open": 0,
+        "acknowledged": 1,
+        "closed": 0,
+        "overdue": 0,
+    }
+
+    # The county corrects the record by importing it again: closed at every tier.
+    fixed = county.ingest({ZHANG: "张三", LI: "李思"})
+    assert fixed.updated == 1
+    assert county.item(item["id"])["state"] == "corrected"
+    assert province.item(item["id"])["state"] == "acknowledged", "not arrived yet"
+    sync_up(nodes)
+    for code in TIERS:
+        seen = nodes[code].item(item["id"])
+        assert (seen["state"], seen["closed"], seen["corrected_by_delete"]) == (
+            "corrected",
+            True,
+            False,
+        )
+        assert seen["corrected_seq"] == fixed.first_seq
+        assert seen["corrected_at"] is not None
+        assert nodes[code].feedback.list() == [], "closed items are listed with --all only"
+        assert nodes[code].feedback.list(state="corrected")[0]["id"] == item["id"]
+    assert province.store.feedback.counts(72) == {
+        "open": 0,
+        "acknowledged": 0,
+        "closed": 1,
+        "overdue": 0,
+    }
+
+    # A closed item cannot be answered.
+    with pytest.raises(UserError, match=f"{item['id']} is already corrected"):
+        county.feedback.respond(item["id"], "rejected", "", actor="x")
+
+
+def test_confirmed_correct_and_rejected_close_items_and_a_delete_corrects(
+    nodes: dict[str, Node],
+) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    county.ingest({ZHANG: "张三", LI: "李四"})
+    sync_up(nodes)
+    on_zhang = city.feedback.raise_objection(county.resource, ZHANG, "疑似重复", actor="a")
+    on_li = city.feedback.raise_objection(county.resource, LI, "姓名有误", actor="a")
+    city.deliver(county)
+
+    county.feedback.respond(on_zhang["id"], "confirmed-correct", "核实无误", actor="张警官")
+    rejected = county.feedback.respond(on_li["id"], "rejected", "依据不足", actor="张警官")
+    assert (rejected["state"], rejected["closed"]) == ("rejected", True)
+    sync_up(nodes)
+    assert city.states() == {on_zhang["id"]: "confirmed-correct", on_li["id"]: "rejected"}
+    assert city.store.feedback.counts(72)["closed"] == 2
+    with pytest.raises(UserError, match="already confirmed-correct"):
+        county.feedback.respond(on_zhang["id"], "acknowledged", "", actor="x")
+
+    # A new objection on Li Si's record; the county deletes the record: corrected too.
+    again = city.feedback.raise_objection(county.resource, LI, "已迁出", actor="a")
+    county.ingest({ZHANG: "张三"}, snapshot=True)
+    sync_up(nodes)
+    seen = city.item(again["id"])
+    assert (seen["state"], seen["corrected_by_delete"]) == ("corrected", True)
+    assert city.item(on_li["id"])["state"] == "corrected", "a newer version beats an answer"
+
+
+def test_open_items_older_than_the_limit_are_overdue(
+    nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    county.ingest({ZHANG: "张三", LI: "李四"})
+    sync_up(nodes)
+    waiting = city.feedback.raise_objection(county.resource, ZHANG, "r", actor="a")
+    answered = city.feedback.raise_objection(county.resource, LI, "r", actor="a")
+    city.deliver(county)
+    county.feedback.respond(answered["id"], "rejected", "", actor="b")
+    sync_up(nodes)
+    assert city.feedback.list(overdue=True) == []
+
+    # Three days and an hour later (the default limit is 72 hours).
+    monkeypatch.setenv("TONGYUAN_CLOCK_SKEW_SECONDS", str(73 * 3600))
+    overdue = city.feedback.list(overdue=True)
+    assert [(i["id"], i["overdue"], i["overdue_hours"]) for i in overdue] == [
+        (waiting["id"], True, 72.0)
+    ]
+    assert city.store.feedback.counts(72) == {
+        "open": 1,
+        "acknowledged": 0,
+        "closed": 1,
+        "overdue": 1,
+    }
+    # Acknowledged is still not closed: still overdue.
+    city.deliver(county)
+    county.feedback.respond(waiting["id"], "acknowledged", "", actor="b")
+    sync_up(nodes)
+    assert [i["state"] for i in city.feedback.list(overdue=True)] == ["acknowledged"]
+    assert city.store.feedback.counts(100)["overdue"] == 0
+
+
+# ----- downward delivery ---------------------------------------------------------------
+
+
+def test_items_go_down_only_to_the_owners_branch_and_a_delivery_replaces_the_last(
+    nodes: dict[str, Node],
+) -> None:
+    xuanwu, qinhuai, city, province = (nodes[c] for c in (XUANWU, QINHUAI, NANJING, JIANGSU))
+    zhang = xuanwu.ingest({ZHANG: "张三"})
+    qinhuai.ingest({WANG: "王五"})
+    sync_up(nodes)
+    on_xuanwu = province.feedback.raise_objection(xuanwu.resource, ZHANG, "r1", actor="p")
+    on_qinhuai = province.feedback.raise_objection(qinhuai.resource, WANG, "r2", actor="p")
+    # A blocking rule failed at the city on a row of Xuanwu's (raised from the apply path).
+    generation = city.store.feedback.generation
+    rule_item = {
+        "id": "rule-1",
+        "kind": "rule",
+        "entity": "person",
+        "resource": None,
+        "record_key": ZHANG,
+        "owner_node": XUANWU,
+        "owner_dept": "公安局",
+        "record_seq": zhang.first_seq,  # the version the city received
+        "reason": "出生日期晚于登记日期",
+        "raised_node": NANJING,
+        "raised_by": "rule person.birth_date",
+        "raised_at": datetime.now(UTC),
+    }
+    with city.store.db.write() as cur:
+        table = pa.Table.from_pylist([rule_item], schema=FEEDBACK_SCHEMA)
+        assert city.store.feedback.raise_in(cur, table) == 1
+        assert city.store.feedback.raise_in(cur, table) == 0, "raised once"
+    assert city.store.feedback.generation > generation
+
+    digest, to_city = province.store.feedback.downward_set(NANJING)
+    assert digest == delivery_digest(to_city)
+    assert sorted(to_city.column("id").to_pylist()) == sorted([on_xuanwu["id"], on_qinhuai["id"]])
+    assert to_city.schema == FEEDBACK_SCHEMA
+    assert province.store.feedback.downward_set("320200")[1].num_rows == 0, "无锡 owns none"
+    assert province.store.feedback.downward_set(XUANWU)[1].num_rows == 1
+
+    generation = city.store.feedback.generation
+    province.deliver(city)
+    assert city.store.feedback.received_digest(JIANGSU) == digest
+    assert city.store.feedback.generation > generation
+    # The city passes on what it raised and what it received, each to its owner's branch.
+    to_xuanwu = city.deliver(xuanwu)
+    assert sorted(to_xuanwu.column("id").to_pylist()) == sorted(["rule-1", on_xuanwu["id"]])
+    assert city.deliver(qinhuai).column("id").to_pylist() == [on_qinhuai["id"]]
+    assert xuanwu.item("rule-1")["state"] == "open"
+    # A delivery replaces the last one; an empty one clears what the parent delivered.
+    empty = to_xuanwu.slice(0, 0)
+    xuanwu.store.feedback.replace_received(NANJING, empty, delivery_digest(empty))
+    assert xuanwu.feedback.list(include_closed=True) == []
+    assert xuanwu.store.feedback.received_digest(NANJING) == delivery_digest(empty)
+    # The city's own items stay when the province's set changes.
+    city.store.feedback.replace_received(JIANGSU, empty, delivery_digest(empty))
+    assert [i["id"] for i in city.feedback.list()] == ["rule-1"]
+
+
+def test_an_item_about_an_entity_this_node_lacks_stays_open(nodes: dict[str, Node]) -> None:
+    city = nodes[NANJING]
+    ghost = pa.Table.from_pylist(
+        [
+            {
+                "id": "g1",
+                "kind": "rule",
+                "entity": "vessel",
+                "resource": None,
+                "record_key": "K1",
+                "owner_node": XUANWU,
+                "owner_dept": None,
+                "record_seq": 3,
+                "reason": "r",
+                "raised_node": JIANGSU,
+                "raised_by": "rule",
+                "raised_at": datetime.now(UTC),
+            }
+        ],
+        schema=FEEDBACK_SCHEMA,
+    )
+    city.store.feedback.replace_received(JIANGSU, ghost, delivery_digest(ghost))
+    assert city.states() == {"g1": "open"}
+    assert city.store.feedback.counts(72)["open"] == 1
+
+
+# ----- refusals ------------------------------------------------------------------------
+
+
+def test_only_the_owner_answers_and_bad_objections_write_nothing(
+    nodes: dict[str, Node],
+) -> None:
+    county, city, province = nodes[XUANWU], nodes[NANJING], nodes[JIANGSU]
+    county.ingest({ZHANG: "张三"})
+    sync_up(nodes)
+    item = province.feedback.raise_objection(county.resource, ZHANG, "r", actor="p")
+    province.deliver(city)
+    head = city.store.head_seq
+    for node in (province, city):
+        with pytest.raises(UserError) as refused:
+            node.feedback.respond(item["id"], "confirmed-correct", "", actor="x")
+        assert f"record of node {XUANWU} (公安局): answer it there" in str(refused.value)
+    assert city.store.head_seq == head, "nothing written"
+    with pytest.raises(UserError, match="no feedback item 'nope' at node 320102"):
+        county.feedback.respond("nope", "acknowledged", "", actor="x")
+    with pytest.raises(UserError, match="'corrected' is not one of"):
+        county.feedback.respond(item["id"], "corrected", "", actor="x")
+
+    before = province.feedback.list(include_closed=True)
+    generation = province.store.feedback.generation
+    bad = [
+        (("320199-GA-001", ZHANG, "r"), "resource '320199-GA-001' is not in the catalogue"),
+        (
+            (county.resource, "320102199912319999", "r"),
+            f"person '320102199912319999' is not a record of resource {county.resource} "
+            f"(node {XUANWU}) held at node {JIANGSU}",
+        ),
+        ((county.resource, ZHANG, "  "), "give a --reason"),
+        ((county.resource, ZHANG, "again"), f"already open: item {item['id']}"),
+    ]
+    for (resource, key, reason), message in bad:
+        with pytest.raises(UserError) as refused:
+            province.feedback.raise_objection(resource, key, reason, actor="p")
+        assert message in str(refused.value)
+        assert "\n" not in str(refused.value)
+    assert province.feedback.list(include_closed=True) == before
+    assert province.store.feedback.generation == generation

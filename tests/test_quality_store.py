@@ -1,0 +1,413 @@
+"""The rule library in the store, in-process on real DuckDB files: rule files refused with
+file and line, rows held in quarantine with rule and reason instead of lost, warnings
+flagged, release and drop, a parent holding back a child's bad rows, and libraries
+passed down in layers.
+
+Changes travel between stores through the real wire encoding, as a parent pulls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from stdnum.cn import ric
+
+from node.catalog.operations import CatalogService
+from node.config import CONFIG_FILE, load_config, render_initial_config
+from node.divisions import tier_of
+from node.model import load_base_model
+from node.model.files import ModelFileError
+from node.quality.files import load_rules
+from node.quality.operations import QualityService
+from node.quality.report import QualityReporter
+from node.store import IngestResult, Store
+from node.wire import decode_batch, encode_window
+
+XUANWU, NANJING, JIANGSU = "320102", "320100", "320000"
+BASE_RULES = Path(__file__).resolve().parent.parent / "config" / "base-rules.toml"
+FIELDS = ["id_number", "name", "sex", "birth_date"]
+
+
+def id_number(division: str, born: str, serial: str) -> str:
+    """A valid GB 11643 number (stdnum computes the check digit)."""
+    body = division + born + serial
+    return body + ric.calc_check_digit(body + "0")
+
+
+def wrong_check(number: str) -> str:
+    return number[:-1] + ("0" if number[-1] != "0" else "1")
+
+
+class Node:
+    """A node directory as `tongyuan init` leaves it, with its store open."""
+
+    def __init__(self, base: Path, code: str) -> None:
+        directory = base / code
+        directory.mkdir()
+        (directory / CONFIG_FILE).write_text(
+            render_initial_config(code, code, "127.0.0.1:0"), encoding="utf-8"
+        )
+        self.code = code
+        self.config = load_config(directory)
+        self.store = Store.create(
+            self.config.store_path,
+            code=code,
+            name=code,
+            tier=tier_of(code).value,
+            model=load_base_model(),
+        )
+        self.catalog = CatalogService(self.config, self.store)
+        self.quality = QualityService(
+            self.config, self.store, QualityReporter(self.config, self.store)
+        )
+        self.resource = f"{code}-GA-001"
+        self.catalog.add(
+            [
+                {
+                    "code": self.resource,
+                    "name": "户籍人口",
+                    "summary": "人口",
+                    "department": "公安局",
+                    "entity": "person",
+                    "update_frequency": "daily",
+                    "sharing": "unconditional",
+                    "fields": FIELDS,
+                }
+            ],
+            "people.toml",
+            "tester",
+            publish=True,
+        )
+
+    def ingest(self, rows: list[dict[str, str]], *, snapshot: bool = False) -> IngestResult:
+        return self.store.ingest(
+            self.store.entities["person"],
+            pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in FIELDS}),
+            file_label="people.csv",
+            locate=lambda i: f"line {i + 2}",
+            origin_node=self.code,
+            department="公安局",
+            snapshot=snapshot,
+            resource=self.resource,
+            columns=FIELDS,
+        )
+
+    def pull(self, child: Node) -> None:
+        """Apply everything `child` logged since the last pull, as a link does."""
+        link = self.store.link(child.code)
+        after = link.checkpoint if link is not None else 0
+        window = child.store.read_window(after, 10_000)
+        batch = decode_batch(encode_window(window), self.store.log_entities, child.code)
+        self.store.apply_batches(child.code, self.code, [batch])
+
+    def deliver_rules(self, child: Node) -> None:
+        """The parent's library reaches the child, as a link delivers it."""
+        digest, library = self.store.quality.downward_library()
+        child.store.quality.receive_library(self.code, library, digest)
+
+    def people(self) -> dict[str, dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT id_number, name, sex, birth_date, origin_node FROM tongyuan.rows_person "
+            "WHERE NOT _deleted"
+        ).to_pylist()
+        return {r["id_number"]: r for r in rows}
+
+    def held(self) -> list[dict[str, Any]]:
+        return self.quality.quarantine_list()["rows"]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
+    opened = {code: Node(tmp_path, code) for code in (XUANWU, NANJING, JIANGSU)}
+    try:
+        yield opened
+    finally:
+        for node in opened.values():
+            node.store.close()
+
+
+def person(number: str, name: str, sex: str, born: str) -> dict[str, str]:
+    return {"id_number": number, "name": name, "sex": sex, "birth_date": born}
+
+
+GOOD_1 = id_number(XUANWU, "19900101", "123")
+GOOD_2 = id_number(XUANWU, "19850615", "246")
+GOOD_3 = id_number(XUANWU, "19700301", "031")  # 17th digit 3: male
+BAD_CHECK = wrong_check(id_number(XUANWU, "19800101", "002"))
+BAD_BIRTH = id_number(XUANWU, "19791231", "012")
+BAD_DIVISION = id_number("999999", "19800101", "004")
+
+# ----- rule files ----------------------------------------------------------------------
+
+
+def rules_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text('name = "jiangsu"\nversion = "1.0.0"\n\n' + body, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "message"),
+    [
+        ("[[rules]\nid = 'x'\n", 4, "not valid TOML"),
+        (
+            '[[rules]]\nid = "p.nick"\nentity = "person"\nattribute = "nickname"\n'
+            'check = "required"\n',
+            7,
+            "person has no attribute 'nickname'",
+        ),
+        (
+            '[[rules]]\nid = "p.phone"\nentity = "person"\nattribute = "phone"\n'
+            'check = "pattern"\npattern = "1[3-9"\n',
+            9,
+            "does not compile",
+        ),
+        (
+            '[[rules]]\nid = "p.sex"\nentity = "person"\nattribute = "sex"\n'
+            'check = "code_list"\nvalues = []\n',
+            9,
+            "values is an empty code list",
+        ),
+        (
+            '[[rules]]\nid = "p.born"\nentity = "person"\nattribute = "birth_date"\n'
+            'check = "range"\nmin = "yesterday"\n',
+            9,
+            'min must be a date "YYYY-MM-DD" or "today"',
+        ),
+        (
+            '[[rules]]\nid = "l.uscc"\nentity = "legal_entity"\nattribute = "uscc"\n'
+            'check = "identifier"\nscheme = "GB 11643"\n',
+            9,
+            "declared GB 32100",
+        ),
+        (
+            '[[rules]]\nid = "x"\nentity = "house"\nattribute = "floors"\n'
+            'check = "required"\nseverity = "fatal"\n',
+            9,
+            "severity must be blocking or warning",
+        ),
+        (
+            '[[rules]]\nid = "x"\nentity = "person"\nattribute = "name"\ncheck = "required"\n'
+            '\n[[rules]]\nid = "x"\nentity = "person"\nattribute = "sex"\ncheck = "required"\n',
+            11,
+            "rule id 'x' is used twice (first at line 5)",
+        ),
+    ],
+)
+def test_a_bad_rule_file_is_refused_with_file_and_line_and_nothing_changes(
+    nodes: dict[str, Node], tmp_path: Path, body: str, line: int, message: str
+) -> None:
+    county = nodes[XUANWU]
+    path = rules_file(tmp_path, body)
+    with pytest.raises(ModelFileError) as caught:
+        county.quality.rules_publish(path=str(path), actor="tester")
+    assert f"{path}:{line}: " in str(caught.value) and message in str(caught.value)
+    assert county.quality.rules_show()["layers"] == []
+
+
+def test_every_kind_of_check_says_what_is_wrong(tmp_path: Path) -> None:
+    path = rules_file(
+        tmp_path,
+        "\n".join(
+            f'[[rules]]\nid = "{i}"\nentity = "{e}"\nattribute = "{a}"\ncheck = "{c}"\n{extra}\n'
+            for i, e, a, c, extra in [
+                ("req", "person", "phone", "required", ""),
+                ("typ", "person", "address", "type", 'as = "integer"'),
+                ("pat", "person", "phone", "pattern", 'pattern = "1[0-9]{10}"'),
+                ("len", "person", "name", "length", "min = 2\nmax = 3"),
+                ("codes", "person", "sex", "code_list", 'values = ["1", "2"]'),
+                ("born", "person", "birth_date", "range", 'min = "1900-01-01"\nmax = "today"'),
+                ("sex", "person", "sex", "id_sex", 'id_attribute = "id_number"'),
+                ("rep", "legal_entity", "legal_rep_id_number", "reference",
+                 'relation = "legal_representative"'),
+            ]
+        ),
+    )  # fmt: skip
+    layer = load_rules(path, load_base_model(), XUANWU, local=False)
+    assert [r.check for r in layer.rules] == [
+        "required", "type", "pattern", "length", "code_list", "range", "id_sex", "reference"
+    ]  # fmt: skip
+    with pytest.raises(ModelFileError, match="has no rules"):
+        load_rules(rules_file(tmp_path, ""), load_base_model(), XUANWU, local=True)
+
+
+# ----- quarantine on import --------------------------------------------------------------
+
+
+def test_an_import_holds_bad_rows_with_rule_and_reason_and_applies_the_rest(
+    nodes: dict[str, Node],
+) -> None:
+    county = nodes[XUANWU]
+    county.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    rows = [
+        person(GOOD_1, "张三", "1", "1990-01-01"),
+        person(BAD_CHECK, "李四", "2", "1980-01-01"),
+        person(GOOD_2, "王五", "2", "1985-06-15"),
+        person(BAD_BIRTH, "赵六", "1", "1979-12-30"),
+        person(GOOD_3, "钱七", "2", "1970-03-01"),  # sex disagrees with the ID: a warning
+        person(BAD_DIVISION, "孙八", "1", "1980-01-01"),
+    ]
+    result = county.ingest(rows)
+    assert (result.inserted, result.quarantined, result.flagged) == (3, 3, 1)
+    assert result.held_by_rule == (
+        ("person.id_number.gb11643 (320102)", 2),
+        ("person.birth_date.agrees (320102)", 1),
+    )
+    held = {r["record_key"]: r for r in county.held()}
+    assert set(held) == {BAD_CHECK, BAD_BIRTH, BAD_DIVISION}
+    assert held[BAD_CHECK]["source"] == "people.csv line 3"
+    expected = ric.calc_check_digit(BAD_CHECK[:-1] + "0")
+    assert held[BAD_CHECK]["reasons"] == [f"GB 11643: check digit {expected} expected"]
+    assert held[BAD_BIRTH]["reasons"] == [
+        "birth date 1979-12-30 does not agree with the ID number (which says 1979-12-31)"
+    ]
+    assert held[BAD_DIVISION]["reasons"] == ["GB 11643: division code 999999 unknown"]
+    assert held[BAD_DIVISION]["row"] == {
+        "id_number": BAD_DIVISION, "name": "孙八", "sex": "1", "birth_date": "1980-01-01"
+    }  # fmt: skip
+    assert (held[BAD_DIVISION]["origin_node"], held[BAD_DIVISION]["origin_dept"]) == (
+        XUANWU,
+        "公安局",
+    )
+    # Held rows are not in the store; the warned row is, with its flag.
+    assert set(county.people()) == {GOOD_1, GOOD_2, GOOD_3}
+    flags = county.store.query("SELECT record_key, rule FROM tongyuan.quality_flags").to_pylist()
+    assert flags == [{"record_key": GOOD_3, "rule": "person.sex.agrees (320102)"}]
+
+    # A snapshot of the same file does not delete the records whose rows wait in quarantine.
+    again = county.ingest(rows, snapshot=True)
+    assert (again.deleted, again.quarantined) == (0, 3)
+
+
+def test_release_re_validates_and_drop_gives_up(nodes: dict[str, Node], tmp_path: Path) -> None:
+    county = nodes[XUANWU]
+    local = rules_file(
+        tmp_path,
+        '[[rules]]\nid = "name.short"\nentity = "person"\nattribute = "name"\n'
+        'check = "length"\nmax = 2\n',
+    )
+    county.quality.rules_local(path=str(local), actor="tester")
+    county.ingest(
+        [
+            person(GOOD_1, "张三", "1", "1990-01-01"),
+            person(GOOD_2, "欧阳娜娜", "2", "1985-06-15"),
+            person(GOOD_3, "司马相如", "1", "1970-03-01"),
+        ]
+    )
+    held = county.held()
+    assert [(r["record_key"], r["rules"]) for r in held] == [
+        (GOOD_2, ["name.short (local)"]),
+        (GOOD_3, ["name.short (local)"]),
+    ]
+    # Still failing: nothing is applied and the rows stay held once (not twice).
+    answer = county.quality.quarantine_release(everything=True, actor="tester")
+    assert answer == {"released": 0, "still_held": 2, "rows": 2}
+    assert len(county.held()) == 2 and set(county.people()) == {GOOD_1}
+    # The local rule goes: a release applies them now.
+    county.quality.rules_local(remove=True, actor="tester")
+    answer = county.quality.quarantine_release(ids=[held[0]["id"]], actor="auditor")
+    assert answer == {"released": 1, "still_held": 0, "rows": 1}
+    assert set(county.people()) == {GOOD_1, GOOD_2}
+    assert county.people()[GOOD_2]["name"] == "欧阳娜娜"
+    dropped = county.quality.quarantine_drop(ids=[held[1]["id"]], actor="auditor")
+    assert dropped == {"dropped": 1}
+    assert county.held() == [] and set(county.people()) == {GOOD_1, GOOD_2}
+    states = {
+        r["record_key"]: (r["state"], r["settled_by"])
+        for r in county.quality.quarantine_list(state="all")["rows"]
+    }
+    assert states == {GOOD_2: ("released", "auditor"), GOOD_3: ("dropped", "auditor")}
+    with pytest.raises(Exception, match="already dropped"):
+        county.quality.quarantine_release(ids=[held[1]["id"]], actor="auditor")
+
+
+# ----- a parent holds back a child's bad rows ----------------------------------------------
+
+
+def test_a_parent_holds_a_childs_bad_rows_and_a_correction_supersedes_them(
+    nodes: dict[str, Node],
+) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    # The county has no rules yet; the city does.
+    county.ingest(
+        [person(GOOD_1, "张三", "1", "1990-01-01"), person(BAD_CHECK, "李四", "2", "1980-01-01")]
+    )
+    city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    city.pull(county)
+    assert set(city.people()) == {GOOD_1}
+    (held,) = city.held()
+    assert (held["received_from"], held["origin_node"], held["source"]) == (
+        XUANWU,
+        XUANWU,
+        f"child {XUANWU}",
+    )
+    (version,) = county.store.query(
+        f"SELECT origin_seq FROM tongyuan.rows_person WHERE id_number = '{BAD_CHECK}'"
+    ).to_pylist()
+    assert held["row"]["name"] == "李四" and held["origin_seq"] == version["origin_seq"]
+    # The held row becomes a feedback item for its owner.
+    items = city.store.query(
+        "SELECT kind, owner_node, owner_dept, record_key, record_seq, reason FROM tongyuan.feedback"
+    ).to_pylist()
+    assert items == [
+        {
+            "kind": "rule",
+            "owner_node": XUANWU,
+            "owner_dept": "公安局",
+            "record_key": BAD_CHECK,
+            "record_seq": version["origin_seq"],
+            "reason": f"person.id_number.gb11643 (320100): {held['reasons'][0]}",
+        }
+    ]
+    # The county deletes the bad record (a correction): the held version is superseded.
+    county.ingest([person(GOOD_1, "张三", "1", "1990-01-01")], snapshot=True)
+    city.pull(county)
+    assert city.held() == []
+    (settled,) = city.quality.quarantine_list(state="all")["rows"]
+    assert settled["state"] == "superseded"
+
+
+# ----- libraries in layers ----------------------------------------------------------------
+
+
+def test_libraries_pass_down_in_layers_and_local_rules_stay(
+    nodes: dict[str, Node], tmp_path: Path
+) -> None:
+    county, city, province = nodes[XUANWU], nodes[NANJING], nodes[JIANGSU]
+    province.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    city_rules = rules_file(
+        tmp_path,
+        '[[rules]]\nid = "phone.required"\nentity = "person"\nattribute = "phone"\n'
+        'check = "required"\nseverity = "warning"\n',
+    )
+    city.quality.rules_local(path=str(city_rules), actor="tester")
+    province.deliver_rules(city)
+    city.deliver_rules(county)
+    shown = county.quality.rules_show()
+    assert [layer["label"] for layer in shown["layers"]] == ["base 1.0.0 (320000)"]
+    assert [layer["label"] for layer in city.quality.rules_show()["layers"]] == [
+        "base 1.0.0 (320000)",
+        "jiangsu 1.0.0 (local)",
+    ]
+    # Importing without the phone column: that rule would not apply anyway.
+    result = county.ingest([person(BAD_CHECK, "李四", "2", "1980-01-01")])
+    assert result.held_by_rule == (("person.id_number.gb11643 (320000)", 1),)
+    # The same file again with a changed version of the library: the digest moves on.
+    before = county.store.quality.received_digest(NANJING)
+    city.quality.rules_publish(path=str(city_rules), actor="tester")
+    city.deliver_rules(county)
+    assert county.store.quality.received_digest(NANJING) != before
+    labels = [layer["label"] for layer in county.quality.rules_show()["layers"]]
+    assert labels == ["base 1.0.0 (320000)", "jiangsu 1.0.0 (320100)"]
+    # Republishing other rules under the same version is refused.
+    changed = rules_file(
+        tmp_path,
+        '[[rules]]\nid = "phone.required"\nentity = "person"\nattribute = "phone"\n'
+        'check = "required"\n',
+    )
+    with pytest.raises(Exception, match="raise the version"):
+        city.quality.rules_publish(path=str(changed), actor="tester")
