@@ -208,18 +208,30 @@ class NodeServer:
             self.health.set(name, status)
 
     def _schedule_child(self, code: str, link: ChildLink | None) -> None:
-        job_id = f"pull-{code}"
-        if self.scheduler.get_job(job_id):
-            self.scheduler.remove_job(job_id)
-        if link is not None:
-            self.scheduler.add_job(
-                link.poll,
-                "interval",
-                seconds=self.config.sync.pull_interval_seconds,
-                id=job_id,
-                max_instances=1,
-                coalesce=True,
-            )
+        """Per child: the fallback pull, and the pull of its quality report (first at
+        once, so a new child's scores show without waiting a period)."""
+        jobs = (
+            (f"pull-{code}", "poll", self.config.sync.pull_interval_seconds, None),
+            (
+                f"quality-{code}",
+                "pull_quality",
+                self.config.quality.report_pull_seconds,
+                datetime.now(UTC),
+            ),
+        )
+        for job_id, method, seconds, first in jobs:
+            if self.scheduler.get_job(job_id):
+                self.scheduler.remove_job(job_id)
+            if link is not None:
+                self.scheduler.add_job(
+                    getattr(link, method),
+                    "interval",
+                    seconds=seconds,
+                    id=job_id,
+                    max_instances=1,
+                    coalesce=True,
+                    **({"next_run_time": first} if first else {}),
+                )
 
     def start(self) -> None:
         self.starting_federation.ready(self.federation_servicer)

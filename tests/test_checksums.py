@@ -24,7 +24,7 @@ from stdnum.exceptions import ValidationError
 from stdnum.util import _char_map
 
 from node.divisions import division_codes
-from node.quality.checksums import (
+from node.store.checksums import (
     DASHES,
     OTHER_WHITESPACE,
     SPACES,

@@ -26,9 +26,9 @@ from node.divisions import Tier, is_within
 from node.errors import ConfigError
 from node.model import load_base_model
 from node.model.files import load_model
-from node.quality.engine import applicable
 from node.quality.files import load_rules
 from node.quality.rules import RuleLibrary
+from node.store.screening import applicable
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config"
 BASE_MODEL = "base-model.toml"

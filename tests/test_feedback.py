@@ -1,6 +1,7 @@
 """Feedback to the source on real node processes: an objection raised at the province
 about a county's record travels down to the county, the county's acknowledgement and its
-correction travel up, and the item is closed at all three tiers."""
+correction travel up, and the item is closed at all three tiers. A discrepancy the city
+finds reaches the county as an item too, answered with `discrepancies resolve`."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def state(node: Node, item_id: str) -> str | None:
     return found["state"] if found else None
 
 
-def test_an_objection_at_the_province_is_corrected_at_the_county_and_closed_everywhere(
+def test_an_objection_is_corrected_at_the_county_and_a_discrepancy_reaches_it_too(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     province, city, county = (
@@ -125,3 +126,39 @@ def test_an_objection_at_the_province_is_corrected_at_the_county_and_closed_ever
         assert api.call("feedback.list", {}) == [], "closed: not listed without --all"
     finally:
         api.close()
+
+    # The city keeps a 人社局 copy of the county's people; its address for Zhang San
+    # disagrees. The city's cross-check finds it, and it reaches the county as an item.
+    city.cli(
+        "catalog", "add", "--code", "320100-RS-001", "--name", "参保人员信息",
+        "--summary", "人口", "--department", "人社局", "--entity", "person",
+        "--source-node", county.code, "--source-department", "公安局",
+        "--frequency", "daily", "--sharing", "unconditional", "--publish",
+    )  # fmt: skip
+    observed = [*ZHANG[:5], "玄武区一号", ZHANG[6]]
+    city.cli("ingest", "320100-RS-001", str(write_people(tmp_path / "copy.csv", [observed])))
+
+    def discrepancy() -> dict[str, Any] | None:
+        found = [i for i in items(county).values() if i["kind"] == "discrepancy"]
+        return found[0] if found else None
+
+    wait_until(lambda: discrepancy() is not None, what="the discrepancy at the county")
+    found = discrepancy()
+    assert found is not None
+    assert found == found | {
+        "entity": "person",
+        "record_key": ZHANG[0],
+        "owner_node": county.code,
+        "owner_dept": "公安局",
+        "reason": "address: source says '玄武区1号', 320100 人社局 observed '玄武区一号'",
+        "raised_node": city.code,
+        "received_from": city.code,
+        "state": "open",
+        "at_owner": True,
+    }
+    listed = county.cli("feedback", "list").stdout
+    assert "discrepancy" in listed and "resolve here" in listed
+    assert "resolve with `tongyuan discrepancies resolve ID`" in listed
+    refused = county.cli("feedback", "confirm", found["id"], check=False)
+    assert refused.returncode == 1
+    assert f"`tongyuan discrepancies resolve {found['id']}`" in refused.stderr

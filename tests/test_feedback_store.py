@@ -24,6 +24,7 @@ from node.divisions import tier_of
 from node.errors import UserError
 from node.model import load_base_model
 from node.quality.feedback import FeedbackService
+from node.sources.operations import SourcesService
 from node.store import IngestResult, Store
 from node.store.feedback import FEEDBACK_SCHEMA
 from node.store.sources import delivery_digest
@@ -104,6 +105,52 @@ class Node:
         digest, table = self.store.feedback.downward_set(child.code)
         child.store.feedback.replace_received(self.code, table.cast(FEEDBACK_SCHEMA), digest)
         return table
+
+    def observe(self, source: Node, rows: dict[str, str]) -> IngestResult:
+        """Import {id_number: name} into this node's 人社局 copy of `source`'s people (its
+        resource names `source`'s 公安局 as the authoritative source), as an observer."""
+        code = f"{self.code}-RS-001"
+        if self.catalog.tables.own_entry(code) is None:
+            self.catalog.add(
+                [
+                    {
+                        "code": code,
+                        "name": "参保人员信息",
+                        "summary": "人口",
+                        "department": "人社局",
+                        "entity": "person",
+                        "update_frequency": "daily",
+                        "sharing": "unconditional",
+                        "fields": ["id_number", "name"],
+                        "source_node": source.code,
+                        "source_department": "公安局",
+                    }
+                ],
+                "people.toml",
+                "tester",
+                publish=True,
+            )
+        return self.store.ingest(
+            self.store.entities["person"],
+            pa.table(
+                {
+                    "id_number": pa.array(list(rows), pa.string()),
+                    "name": pa.array(list(rows.values()), pa.string()),
+                }
+            ),
+            file_label="people.csv",
+            locate=lambda i: f"row {i + 2}",
+            origin_node=self.code,
+            department="人社局",
+            snapshot=False,
+            resource=code,
+            columns=["id_number", "name"],
+            observing=(source.code, "公安局"),
+        )
+
+    def deliver_discrepancies(self, child: Node) -> None:
+        digest, table = self.store.sources.downward_set(child.code)
+        child.store.sources.replace_received(self.code, table, digest)
 
     def states(self) -> dict[str, str]:
         return {i["id"]: i["state"] for i in self.feedback.list(include_closed=True)}
@@ -434,3 +481,138 @@ def test_only_the_owner_answers_and_bad_objections_write_nothing(
         assert "\n" not in str(refused.value)
     assert province.feedback.list(include_closed=True) == before
     assert province.store.feedback.generation == generation
+
+
+# ----- discrepancies are feedback items too ----------------------------------------------
+
+
+def test_a_discrepancy_is_an_item_owned_by_the_source_and_answered_as_a_discrepancy(
+    nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, observer, city = nodes[XUANWU], nodes[QINHUAI], nodes[NANJING]
+    source.ingest({ZHANG: "张三", LI: "李四"})
+    observer.observe(source, {ZHANG: "张山", LI: "李四"})
+    sync_up(nodes)
+
+    # The city's cross-check (run by `feedback list` too) finds Zhang's name disagreeing.
+    (item,) = city.feedback.list()
+    (found,) = city.store.sources.discrepancies()
+    assert item == item | {
+        "id": found["id"],
+        "kind": "discrepancy",
+        "entity": "person",
+        "resource": source.resource,
+        "record_key": ZHANG,
+        "owner_node": XUANWU,
+        "owner_dept": "公安局",
+        "reason": "name: source says '张三', 320104 人社局 observed '张山'",
+        "raised_node": NANJING,
+        "raised_by": "cross-check",
+        "raised_at": found["found_at"].astimezone(UTC).isoformat(),
+        "received_from": None,
+        "state": "open",
+        "closed": False,
+        "overdue": False,
+        "responses": [],
+        "at_owner": False,
+        "travels_to": XUANWU,
+    }
+    assert item["discrepancy"]["observed_value"] == "张山"
+    # Counted once: on the discrepancies' own line, not among the rule items and objections.
+    assert city.store.feedback.counts(72) == {
+        "open": 0,
+        "acknowledged": 0,
+        "closed": 0,
+        "overdue": 0,
+    }
+    assert city.feedback.counts()["open"] == 0
+    assert city.store.sources.counts()["open"] == 1
+    assert city.feedback.pending(50) == [], "the status page lists discrepancies apart"
+    monkeypatch.setenv("TONGYUAN_CLOCK_SKEW_SECONDS", str(73 * 3600))
+    assert [i["id"] for i in city.feedback.list(overdue=True)] == [item["id"]]
+    monkeypatch.delenv("TONGYUAN_CLOCK_SKEW_SECONDS")
+
+    # It reaches the source like any discrepancy; there it is the source's to resolve.
+    city.deliver_discrepancies(source)
+    at_source = source.item(item["id"])
+    assert (at_source["kind"], at_source["at_owner"], at_source["received_from"]) == (
+        "discrepancy",
+        True,
+        NANJING,
+    )
+    head = source.store.head_seq
+    for node in (source, city):
+        for answer in ("acknowledged", "confirmed-correct", "rejected"):
+            with pytest.raises(UserError) as refused:
+                node.feedback.respond(item["id"], answer, "", actor="x")
+            message = str(refused.value)
+            assert f"answer it with `tongyuan discrepancies resolve {item['id']}`" in message
+            assert "person.name" in message
+    assert source.store.head_seq == head, "no answer was logged"
+    assert source.store.feedback.items() == []
+
+    # Answered as a discrepancy: the source confirms its value (kept at the source).
+    sources = SourcesService(source.config, source.store, source.catalog)
+    sources.resolve(item["id"], confirm=True, note="户籍为准", actor="张警官")
+    confirmed = source.item(item["id"])
+    assert (confirmed["state"], confirmed["closed"]) == ("confirmed-correct", True)
+    assert [(r["actor"], r["node"], r["note"]) for r in confirmed["responses"]] == [
+        ("张警官", XUANWU, "户籍为准")
+    ]
+    assert source.feedback.list() == []
+    assert city.item(item["id"])["state"] == "open", "the confirmation stays at the source"
+
+    # The source takes the observed name after all: the cross-check above closes it.
+    source.ingest({ZHANG: "张山", LI: "李四"})
+    sync_up(nodes)
+    corrected = city.item(item["id"])
+    assert (corrected["state"], corrected["closed"], corrected["corrected_by_delete"]) == (
+        "corrected",
+        True,
+        False,
+    )
+    assert corrected["corrected_at"] is not None
+    assert corrected["discrepancy"]["resolution"] == "agreed"
+    assert city.feedback.list() == []
+    assert [i["id"] for i in city.feedback.list(state="corrected")] == [item["id"]]
+
+
+def test_an_objection_to_a_record_owned_outside_the_subtree_is_refused(
+    nodes: dict[str, Node],
+) -> None:
+    source, observer = nodes[XUANWU], nodes[QINHUAI]
+    source.ingest({ZHANG: "张三"})
+    # 秦淮's copy of 玄武's people: the records' owner is 玄武, beside 秦淮, not below it.
+    observer.observe(source, {ZHANG: "张三"})
+    generation = observer.store.feedback.generation
+    with pytest.raises(UserError) as refused:
+        observer.feedback.raise_objection(f"{QINHUAI}-RS-001", ZHANG, "姓名有误", actor="p")
+    message = str(refused.value)
+    assert f"is a record of node {XUANWU}, which is neither node {QINHUAI} nor below it" in (
+        message
+    )
+    assert f"raise it at a node above {QINHUAI} whose subtree includes {XUANWU}" in message
+    assert f"such as {NANJING}" in message
+    assert observer.feedback.list(include_closed=True) == []
+    assert observer.store.feedback.generation == generation
+
+
+def test_the_status_page_reads_at_most_the_oldest_open_items(nodes: dict[str, Node]) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    county.ingest({ZHANG: "张三", LI: "李四", "320102200001011111": "赵六"})
+    sync_up(nodes)
+    raised = [
+        city.feedback.raise_objection(county.resource, key, f"r{n}", actor="a")
+        for n, key in enumerate((ZHANG, LI, "320102200001011111"))
+    ]
+    city.deliver(county)
+    county.feedback.respond(raised[0]["id"], "rejected", "", actor="b")
+    county.feedback.respond(raised[1]["id"], "acknowledged", "", actor="b")
+    sync_up(nodes)
+    # The oldest not closed first: the rejected one is filtered out by the store.
+    items = city.store.feedback.items(include_closed=False, limit=1)
+    assert [(i["id"], i["state"]) for i in items] == [(raised[1]["id"], "acknowledged")]
+    assert [i["id"] for i in city.feedback.pending(5)] == [r["id"] for r in raised[1:]]
+    assert city.feedback.pending(0) == []
+    assert len(city.store.feedback.items(limit=2)) == 2, "closed ones too without the filter"
+    assert [i["id"] for i in city.feedback.pending(5)] == [i["id"] for i in city.feedback.list()]

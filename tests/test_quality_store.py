@@ -8,6 +8,7 @@ Changes travel between stores through the real wire encoding, as a parent pulls 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from stdnum.cn import ric
 
 from node.catalog.operations import CatalogService
 from node.config import CONFIG_FILE, load_config, render_initial_config
+from node.demo_data import fake_legal_entities, uscc_check_char
 from node.divisions import tier_of
+from node.errors import UserError
 from node.model import load_base_model
 from node.model.files import ModelFileError
-from node.quality.files import load_rules
+from node.quality.files import check_library_json, load_rules
 from node.quality.operations import QualityService
 from node.quality.report import QualityReporter
 from node.store import IngestResult, Store
@@ -411,3 +414,209 @@ def test_libraries_pass_down_in_layers_and_local_rules_stay(
     )
     with pytest.raises(Exception, match="raise the version"):
         city.quality.rules_publish(path=str(changed), actor="tester")
+
+
+# ----- what the review of the first version found ------------------------------------------
+
+
+def test_a_held_row_mid_batch_loses_nothing_two_tiers_up(nodes: dict[str, Node]) -> None:
+    """Rows held at the city leave gaps in its sequence numbers, never overlaps: what
+    follows (another entity, a later batch) reaches the province whole."""
+    county, city, province = nodes[XUANWU], nodes[NANJING], nodes[JIANGSU]
+    city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    county.ingest(
+        [
+            person(BAD_CHECK, "李四", "2", "1980-01-01"),
+            person(GOOD_1, "张三", "1", "1990-01-01"),
+            person(GOOD_2, "王五", "2", "1985-06-15"),
+        ]
+    )
+    city.pull(county)
+    province.pull(city)
+    county.store.ingest(
+        county.store.entities["house"],
+        pa.table({"unit_code": ["320102001001GB00001F00010001"], "floors": ["6"]}),
+        file_label="houses.csv",
+        locate=lambda i: f"line {i + 2}",
+        origin_node=XUANWU,
+        department="住建局",
+        snapshot=False,
+        columns=["unit_code", "floors"],
+    )
+    county.ingest([person(GOOD_3, "钱七", "1", "1970-03-01")])
+    city.pull(county)
+    province.pull(city)
+    assert set(province.people()) == {GOOD_1, GOOD_2, GOOD_3}
+    houses = province.store.query("SELECT count(*) AS n FROM tongyuan.rows_house").to_pylist()
+    assert houses == [{"n": 1}]
+    seqs = city.store.query(
+        "SELECT _seq FROM tongyuan.rows_person UNION ALL SELECT _seq FROM tongyuan.rows_house"
+    ).to_pylist()
+    assert len({r["_seq"] for r in seqs}) == len(seqs), "no sequence number is used twice"
+
+
+def test_a_row_delivered_again_is_held_once_and_versions_of_one_record_are_not_duplicates(
+    nodes: dict[str, Node],
+) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    unique = BASE_RULES.read_text(encoding="utf-8").replace(
+        'version = "1.0.0"', 'version = "1.1.0"'
+    )
+    unique += (
+        '\n[[rules]]\nid = "person.name.unique"\nentity = "person"\nattribute = "name"\n'
+        'check = "unique"\n'
+    )
+    custom = county.config.directory / "rules.toml"
+    custom.write_text(unique, encoding="utf-8")
+    city.quality.rules_publish(path=str(custom), actor="tester")
+    county.ingest(
+        [person(BAD_CHECK, "李四", "2", "1980-01-01"), person(GOOD_1, "张三", "1", "1990-01-01")]
+    )
+    first = county.store.read_window(0, 10_000)
+    county.ingest(
+        [person(GOOD_1, "张三", "1", "1990-01-01"), person(GOOD_2, "王五", "2", "1985-06-15")]
+    )
+    second = county.store.read_window(first.last_seq, 10_000)
+    entities = city.store.log_entities
+    batches = [decode_batch(encode_window(w), entities, XUANWU) for w in (first, second)]
+    city.store.apply_batches(XUANWU, NANJING, batches[:1])
+    # Re-delivered together with the next window: nothing held twice.
+    city.store.apply_batches(XUANWU, NANJING, batches)
+    held = city.held()
+    assert [(r["record_key"], r["rules"]) for r in held] == [
+        (BAD_CHECK, ["person.id_number.gb11643 (320100)"])
+    ]
+    # Two versions of GOOD_1 in one group are one record, not a duplicate name.
+    assert set(city.people()) == {GOOD_1, GOOD_2}
+
+
+def test_reference_rules_run_and_flag_an_unknown_person(nodes: dict[str, Node]) -> None:
+    county = nodes[XUANWU]
+    county.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    county.ingest([person(GOOD_1, "张三", "1", "1990-01-01")])
+    known, unknown = GOOD_1, GOOD_2
+    credit = [fake_legal_entities(XUANWU, 2).column("uscc").to_pylist()[i][:17] for i in (0, 1)]
+    result = county.store.ingest(
+        county.store.entities["legal_entity"],
+        pa.table(
+            {
+                "uscc": [_credit_code(credit[0]), _credit_code(credit[1])],
+                "name": ["甲公司", "乙公司"],
+                "legal_rep_id_number": [known, unknown],
+            }
+        ),
+        file_label="companies.csv",
+        locate=lambda i: f"line {i + 2}",
+        origin_node=XUANWU,
+        department="市场监管局",
+        snapshot=False,
+        columns=["uscc", "name", "legal_rep_id_number"],
+    )
+    assert (result.inserted, result.quarantined, result.flagged) == (2, 0, 1)
+    flags = county.store.query("SELECT rule, reason FROM tongyuan.quality_flags").to_pylist()
+    assert flags == [
+        {
+            "rule": "legal_entity.legal_rep.known (320102)",
+            "reason": f"{unknown} is not a known person",
+        }
+    ]
+
+
+def _credit_code(body17: str) -> str:
+    return body17 + uscc_check_char(body17)
+
+
+def test_another_departments_import_leaves_a_held_row_waiting(
+    nodes: dict[str, Node], tmp_path: Path
+) -> None:
+    county = nodes[XUANWU]
+    county.quality.rules_local(
+        path=str(
+            rules_file(
+                tmp_path,
+                '[[rules]]\nid = "name.short"\nentity = "person"\nattribute = "name"\n'
+                'check = "length"\nmax = 2\n',
+            )
+        ),
+        actor="tester",
+    )
+    county.ingest([person(GOOD_1, "欧阳娜娜", "1", "1990-01-01")])
+    county.catalog.add(
+        [
+            {
+                "code": f"{XUANWU}-MZ-001",
+                "name": "联系电话",
+                "summary": "电话",
+                "department": "民政局",
+                "entity": "person",
+                "update_frequency": "daily",
+                "sharing": "unconditional",
+                "fields": ["id_number", "phone"],
+            }
+        ],
+        "phones.toml",
+        "tester",
+        publish=True,
+    )
+    county.store.ingest(
+        county.store.entities["person"],
+        pa.table({"id_number": [GOOD_1], "phone": ["13912345678"]}),
+        file_label="phones.csv",
+        locate=lambda i: f"line {i + 2}",
+        origin_node=XUANWU,
+        department="民政局",
+        snapshot=False,
+        resource=f"{XUANWU}-MZ-001",
+        columns=["id_number", "phone"],
+    )
+    assert [r["record_key"] for r in county.held()] == [GOOD_1]
+
+
+def test_a_delivered_rule_that_does_not_fit_this_model_waits(nodes: dict[str, Node]) -> None:
+    """A parent's library was checked against the parent's model: here a rule that does
+    not fit (a numeric range on a text attribute) waits instead of failing imports."""
+    county, city = nodes[XUANWU], nodes[NANJING]
+    layer = {
+        "node": NANJING,
+        "name": "nanjing",
+        "version": "1.0.0",
+        "description": "",
+        "local": False,
+        "rules": [
+            {"id": "odd", "entity": "person", "attribute": "name", "check": "range", "min": 5},
+            {"id": "ok", "entity": "person", "attribute": "name", "check": "required"},
+        ],
+    }
+
+    def deliver(text: str) -> None:
+        try:
+            digest = check_library_json(text, "test").digest()
+        except UserError:
+            digest = "unparsed"
+        county.store.quality.receive_library(NANJING, text, digest)
+
+    library = json.dumps({"layers": [layer]}, sort_keys=True, ensure_ascii=False)
+    deliver(library)
+    rules = {r["id"]: r for r in county.quality.rules_show()["rules"]}
+    assert rules["ok"]["applies"] and not rules["odd"]["applies"]
+    assert "a range needs a number or date attribute" in rules["odd"]["waiting_because"]
+    assert county.ingest([person(GOOD_1, "张三", "1", "1990-01-01")]).inserted == 1
+    # Infinite bounds, a layer claiming to be the county's own, a non-JSON body: refused.
+    for bad, message in [
+        (library.replace('"min": 5', '"min": Infinity'), "min must be a number"),
+        (library.replace(f'"node": "{NANJING}"', f'"node": "{XUANWU}"'), "not 320100 or above"),
+        ("[1, 2", "not a rule library"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            deliver(bad)
+    assert city.store.quality.must_screen(None) is False  # no library at the city at all
+
+
+def test_a_parent_screens_only_what_its_child_has_not(nodes: dict[str, Node]) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    digest, _ = city.store.quality.downward_library()
+    assert city.store.quality.must_screen(None) and city.store.quality.must_screen("other")
+    city.deliver_rules(county)
+    assert county.store.quality.received_digest(NANJING) == digest
+    assert not city.store.quality.must_screen(digest)

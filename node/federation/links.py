@@ -78,7 +78,8 @@ class ChildLink:
         # delivered, and when a failed delivery may be retried.
         self._delivered: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
-        self._quality_due = 0.0
+        # The rule library the child applies from us (its digest; None: unknown).
+        self._child_rules: str | None = None
         self.state = "connecting"
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
@@ -218,8 +219,8 @@ class ChildLink:
                 "its changes — refusing until the link is reset"
             )
         self._pull_model(info.model_digest)
+        self._child_rules = info.rules_digest
         self._deliver_downward(info)
-        self._pull_quality(force=True)
 
     def _pull_model(self, child_digest: str) -> None:
         """Upward, pulled: keep the child's model (its proposal) when it changed."""
@@ -244,13 +245,12 @@ class ChildLink:
         models.save_child_model(self.child.code, model)
         log.info("child %s: works with model %s", self.child.code, model.label(), extra=self._log)
 
-    def _pull_quality(self, force: bool = False) -> None:
-        """Upward, pulled: the child's quality report (its subtree's scores), at most every
-        `report_pull_seconds`, so scores roll up county → city → province."""
-        now = time.monotonic()
-        if not force and now < self._quality_due:
+    def pull_quality(self) -> None:
+        """Scheduled job, upward: the child's quality report (its subtree's scores), so
+        scores roll up county → city → province. Off the apply path: a child computing
+        its report never delays its changes."""
+        if self._stopping.is_set():
             return
-        self._quality_due = now + self._config.quality.report_pull_seconds
         scores = self._store.scores
         try:
             reply = self._stub.GetQuality(
@@ -259,7 +259,7 @@ class ChildLink:
             if reply.digest == scores.child_report_digest(self.child.code):
                 return
             report = check_report_document(reply.report_json, self.child.code)
-        except (grpc.RpcError, UserError) as exc:
+        except (grpc.RpcError, UserError, RecursionError) as exc:
             log.warning(
                 "child %s: pulling its quality report failed: %s",
                 self.child.code,
@@ -388,15 +388,16 @@ class ChildLink:
 
     def _send_rules(self, child_digest: str | None) -> None:
         digest, library_json = self._store.quality.downward_library()
-        if digest == child_digest:
-            return
-        self._stub.DeliverRules(
-            pb.RulesDelivery(
-                parent_code=self._config.code, library_json=library_json, digest=digest
-            ),
-            timeout=10,
-        )
-        log.info("child %s: delivered the rule library", self.child.code, extra=self._log)
+        if digest != child_digest:
+            self._stub.DeliverRules(
+                pb.RulesDelivery(
+                    parent_code=self._config.code, library_json=library_json, digest=digest
+                ),
+                timeout=10,
+            )
+            log.info("child %s: delivered the rule library", self.child.code, extra=self._log)
+        # From now on the child screens with it (see QualityStore.must_screen).
+        self._child_rules = digest
 
     def _send_feedback(self, child_digest: str | None) -> None:
         digest, table = self._store.feedback.downward_set(self.child.code)
@@ -478,13 +479,17 @@ class ChildLink:
         self._deliver_downward()
         if group[-1].model_digest:
             self._pull_model(group[-1].model_digest)
-        self._pull_quality()
         last = group[-1]
         self.child_head = last.head_seq
         self.last_heartbeat = time.time()
         self.error = None
         if any(b.last_seq > b.after_seq for b in group):
-            result = self._store.apply_batches(self.child.code, self._config.code, group)
+            result = self._store.apply_batches(
+                self.child.code,
+                self._config.code,
+                group,
+                screen=self._store.quality.must_screen(self._child_rules),
+            )
             if result.applied:
                 log.debug(
                     "child %s: applied %d of %d rows, checkpoint %d",

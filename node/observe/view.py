@@ -16,10 +16,12 @@ Its shape is a contract with the page renderer (`node.observe.page.render_page`)
   and the scores completeness, validity, uniqueness, consistency, timeliness, overall —
   each a fraction 0–1, or null for no data;
 - `quality_weights` maps each score to its weight in `overall` (as the report states);
-- `feedback` are the feedback items known here that are not closed (open or
-  acknowledged), oldest first, at most 50, as `tongyuan feedback list --json` shows them
-  (id, kind `rule` | `objection`, entity, resource, record_key, owner_node, owner_dept,
-  reason, raised_node, raised_by, raised_at, state, overdue, responses, …);
+- `feedback` are the rule items and objections known here that are not closed (open or
+  acknowledged), oldest first, at most 50 (filtered and limited by the store), as
+  `tongyuan feedback list --json` shows them (id, kind `rule` | `objection`, entity,
+  resource, record_key, owner_node, owner_dept, reason, raised_node, raised_by,
+  raised_at, state, overdue, responses, …); the discrepancies, which `feedback list`
+  shows as items of kind `discrepancy` too, are in `discrepancies` only;
 - `generated_at` is an ISO-8601 UTC time.
 
 A view from an older node may lack `discrepancies`, `quality`, `quality_weights` and
@@ -58,8 +60,8 @@ def build_view(service: NodeService) -> dict[str, Any]:
         "discrepancies": service.store.sources.discrepancies()[:DISCREPANCIES_SHOWN],
         "quality": flatten(report),
         "quality_weights": report.get("weights") or {},
-        # Open and acknowledged items, oldest first.
-        "feedback": service.feedback.list()[:FEEDBACK_SHOWN],
+        # Open and acknowledged items, oldest first (discrepancies are above).
+        "feedback": service.feedback.pending(FEEDBACK_SHOWN),
         "generated_at": now.isoformat(timespec="milliseconds"),
     }
     # Through JSON once, so the page sees the same types `/status.json` and the CLI show.

@@ -8,17 +8,38 @@ owner acknowledges, confirms the record is right, rejects the objection, or corr
 record by importing it again; answers and corrections travel up like any change, so
 every tier sees the same state. No SQL here: the store derives states (see
 node/store/feedback.py).
+
+Discrepancies — an observer's value of an attribute that disagrees with its authoritative
+source (node/store/sources.py) — are feedback items too, of kind `discrepancy`, about the
+source's record and owned by the source's node and department. They travel down the
+links on their own and keep their own lifecycle, so they are listed here as items but
+answered with `tongyuan discrepancies resolve ID`; their states map onto the items' (see
+`discrepancy_item`). Counts stay per kind: `counts` is rule items and objections, the
+discrepancies are counted on their own line of status and in their own metric.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from node.config import NodeConfig
 from node.errors import UserError
 from node.store import Store
-from node.store.feedback import ANSWERS, STATES
+from node.store.feedback import (
+    ACKNOWLEDGED,
+    ANSWERS,
+    CLOSED,
+    CONFIRMED,
+    CORRECTED,
+    OPEN,
+    STATES,
+    overdue_cutoff,
+)
+
+DISCREPANCY = "discrepancy"
+# The discrepancy's resolution that records the source deleting its record.
+RECORD_DELETED = "record deleted"
 
 
 def _jsonable(value: Any) -> Any:
@@ -29,6 +50,94 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def discrepancy_item(row: dict[str, Any], cutoff: datetime | None) -> dict[str, Any]:
+    """A discrepancy (a row of `SourcesStore.discrepancies`) as a feedback item about the
+    source's record, owned by the source's node and department and raised by the node
+    whose cross-check found it.
+
+    States: an open discrepancy is 'open'; at the source, 'confirmed-correct' once it
+    confirmed its value (`discrepancies resolve --confirm`: the discrepancy stays open, the
+    values still differ, but the owner has answered), and 'acknowledged' once it corrected
+    its value while the discrepancy is still open (the correction is on its way up to the
+    cross-check that closes it, or the observer holds a third value). Those actions are
+    kept at the source only, so the tiers above see 'open' until the cross-check closes
+    it, and one from before the discrepancy was (re)opened does not count. A resolved one
+    is 'corrected' whatever closed it — the source's value now agrees, the source deleted
+    its record, or the observer withdrew its copy: like a corrected item, it was closed by
+    a newer version of the data rather than by an answer, and nothing is left to answer."""
+    found_at = _utc(row["found_at"])
+    acted_at = _utc(row.get("acted_at"))
+    action = row.get("action")
+    if acted_at is None or (found_at is not None and acted_at < found_at):
+        action = None  # nothing done here since it was (re)opened
+    if row["state"] != "open":
+        state = CORRECTED
+    elif action == "confirmed":
+        state = CONFIRMED
+    elif action == "corrected":
+        state = ACKNOWLEDGED
+    else:
+        state = OPEN
+    responses = []
+    if action is not None:
+        responses.append(
+            {
+                "state": CONFIRMED if action == "confirmed" else CORRECTED,
+                "actor": row["actor"],
+                "note": row.get("note") or "",
+                "node": row["source_node"],
+                "at": acted_at,
+            }
+        )
+    observer = f"{row['observer_node']} {row['observer_dept'] or ''}".strip()
+    reason = (
+        f"{row['attribute']}: source says {row['authoritative_value']!r}, {observer} "
+        f"observed {row['observed_value']!r}"
+    )
+    closed = state in CLOSED
+    corrected = state == CORRECTED
+    return {
+        "id": row["id"],
+        "kind": DISCREPANCY,
+        "entity": row["entity"],
+        "resource": row.get("source_resource"),
+        # The key as the source holds the record (the observer's may be typed differently).
+        "record_key": row.get("source_key") or row["record_key"],
+        "owner_node": row["source_node"],
+        "owner_dept": row["source_dept"],
+        "record_seq": None,
+        "reason": reason,
+        "raised_node": row["found_by"],
+        "raised_by": "cross-check",
+        "raised_at": found_at,
+        "received_from": row.get("received_from"),
+        "state": state,
+        "closed": closed,
+        "overdue": not closed and cutoff is not None and found_at is not None and found_at < cutoff,
+        "corrected_seq": None,
+        "corrected_at": _utc(row.get("resolved_at")) if corrected else None,
+        "corrected_by_delete": corrected and row.get("resolution") == RECORD_DELETED,
+        "responses": responses,
+        "discrepancy": {
+            "attribute": row["attribute"],
+            "authoritative_value": row["authoritative_value"],
+            "observed_value": row["observed_value"],
+            "observer_node": row["observer_node"],
+            "observer_dept": row["observer_dept"],
+            "observer_resource": row.get("observer_resource"),
+            "observed_key": row["record_key"],
+            "found_at_nodes": row.get("found_at_nodes") or [],
+            "resolution": row.get("resolution"),
+        },
+    }
 
 
 class FeedbackService:
@@ -54,14 +163,35 @@ class FeedbackService:
             }
         )
 
+    def pending(self, limit: int) -> list[dict[str, Any]]:
+        """At most `limit` open and acknowledged rule items and objections, oldest first
+        (filtered and limited by the store: the status page shows these; discrepancies
+        have a table of their own there)."""
+        found = self.tables.items(
+            overdue_hours=self._overdue_hours, include_closed=False, limit=limit
+        )
+        return [self._view(i) for i in found]
+
+    def _discrepancies(self, include_resolved: bool) -> list[dict[str, Any]]:
+        # Cross-check first (as `discrepancies list` does), so the latest imports count.
+        if not self.store.db.read_only:
+            self.store.sources.crosscheck()
+        cutoff = overdue_cutoff(self._overdue_hours)
+        rows = self.store.sources.discrepancies(include_resolved=include_resolved)
+        return [discrepancy_item(row, cutoff) for row in rows]
+
     def list(
         self, state: str | None = None, include_closed: bool = False, overdue: bool = False
     ) -> list[dict[str, Any]]:
-        """Items known here (raised here or received from the parent), oldest first: open
-        and acknowledged ones; with `include_closed` or a closed `state`, closed ones too."""
+        """Items known here (raised here or received from the parent) and discrepancies
+        (kind `discrepancy`), oldest first: open and acknowledged ones; with
+        `include_closed` or a closed `state`, closed ones too."""
         if state is not None and state not in STATES:
             raise UserError(f"feedback state {state!r} is not one of {', '.join(STATES)}")
-        items = self.tables.items(overdue_hours=self._overdue_hours)
+        everything = include_closed or state in CLOSED
+        items = self.tables.items(overdue_hours=self._overdue_hours, include_closed=everything)
+        items += self._discrepancies(include_resolved=everything)
+        items.sort(key=lambda i: (i["raised_at"] or datetime.min.replace(tzinfo=UTC), i["id"]))
         if state is not None:
             items = [i for i in items if i["state"] == state]
         elif not include_closed:
@@ -80,6 +210,15 @@ class FeedbackService:
                 f"feedback answer {state!r} is not one of {', '.join(ANSWERS)}; a correction "
                 "is made by importing the corrected record into its resource"
             )
+        if self.tables.item(item_id) is None:
+            found = self.store.sources.discrepancy(item_id)
+            if found is not None:
+                raise UserError(
+                    f"{item_id} is a discrepancy about node {found['source_node']}'s "
+                    f"{found['entity']}.{found['attribute']}: answer it with `tongyuan "
+                    f"discrepancies resolve {item_id}` (--confirm, --accept-observed or "
+                    "--value V) at the node that is its source"
+                )
         response = self.tables.respond(item_id, state, actor, note)
         item = self.tables.item(item_id, self._overdue_hours)
         assert item is not None
@@ -127,5 +266,6 @@ class FeedbackService:
         return self._view(item)
 
     def counts(self) -> dict[str, Any]:
-        """Items known here by state, for status and metrics."""
+        """Rule items and objections known here by state, for status and metrics (open
+        discrepancies are counted apart, by `SourcesStore.counts`: not twice)."""
         return self.tables.counts(self._overdue_hours)

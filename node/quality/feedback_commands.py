@@ -1,5 +1,8 @@
 """`tongyuan feedback …` and `tongyuan objection raise`: questionable records sent back
-to the node and department that own them, and the owners' answers."""
+to the node and department that own them, and the owners' answers.
+
+Discrepancies are listed as items of kind `discrepancy`; they are answered with
+`tongyuan discrepancies resolve ID`, not with `feedback acknowledge|confirm|reject`."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from rich.table import Table
 
 from node.cli_support import actor_option, call_and_print, user_errors
 from node.output import console
+from node.quality.feedback import DISCREPANCY
 from node.store.feedback import STATES
 
 
@@ -25,6 +29,8 @@ def _state(item: dict[str, Any]) -> str:
     state = item["state"]
     if state == "corrected":
         how = "deleted" if item.get("corrected_by_delete") else "new version"
+        if item["kind"] == DISCREPANCY:  # agreed, withdrawn, record deleted
+            how = item["discrepancy"]["resolution"] or "resolved"
         text = f"corrected ({how} {_when(item['corrected_at'])})"
     elif item["responses"]:
         last = item["responses"][-1]
@@ -36,7 +42,9 @@ def _state(item: dict[str, Any]) -> str:
 
 def _where(item: dict[str, Any]) -> str:
     if item["at_owner"]:
-        return "answer here" if not item["closed"] else ""
+        if item["closed"]:
+            return ""
+        return "resolve here" if item["kind"] == DISCREPANCY else "answer here"
     return f"→ node {item['travels_to']}"
 
 
@@ -63,10 +71,17 @@ def _print_list(items: list[dict[str, Any]], everything: bool) -> None:
             _where(item),
         )
     console.print(table)
-    if any(i["at_owner"] and not i["closed"] for i in items):
+    answerable = [i for i in items if i["at_owner"] and not i["closed"]]
+    if any(i["kind"] != DISCREPANCY for i in answerable):
         console.print(
             "items about this node's records: answer with `tongyuan feedback acknowledge|"
             "confirm|reject ID`, or correct the record by importing it again",
+            highlight=False,
+        )
+    if any(i["kind"] == DISCREPANCY for i in answerable):
+        console.print(
+            "discrepancies about this node's records: resolve with `tongyuan discrepancies "
+            "resolve ID` (--confirm, --accept-observed or --value V)",
             highlight=False,
         )
     if any(not i["at_owner"] for i in items):
@@ -79,7 +94,13 @@ def _print_list(items: list[dict[str, Any]], everything: bool) -> None:
 
 @click.group()
 def feedback() -> None:
-    """Questionable records sent back to the node and department that own them."""
+    """Questionable records sent back to the node and department that own them.
+
+    Items are blocking rules that failed on a record (kind rule), users' objections
+    (objection) and disagreements with an attribute's source (discrepancy). Answer a rule
+    item or an objection with acknowledge, confirm or reject; resolve a discrepancy with
+    `tongyuan discrepancies resolve ID`.
+    """
 
 
 @feedback.command("list")
@@ -96,7 +117,8 @@ def feedback() -> None:
 def list_command(
     ctx: click.Context, state: str | None, include_closed: bool, overdue: bool, as_json: bool
 ) -> None:
-    """Items raised here or delivered by the parent (about this node's subtree)."""
+    """Items raised here or delivered by the parent (about this node's subtree), and
+    discrepancies (kind discrepancy), oldest first."""
     args = {"state": state, "include_closed": include_closed, "overdue": overdue}
     everything = include_closed or state is not None
     call_and_print(
@@ -131,13 +153,22 @@ def _answer_command(name: str, state: str, summary: str) -> None:
         call_and_print(ctx, "feedback.respond", args, as_json, _print_answer, write=True)
 
 
+_NOT_DISCREPANCIES = " (a discrepancy is resolved with `tongyuan discrepancies resolve ID`)"
 _answer_command(
-    "acknowledge", "acknowledged", "Acknowledge item ID about one of this node's records."
+    "acknowledge",
+    "acknowledged",
+    "Acknowledge item ID about one of this node's records." + _NOT_DISCREPANCIES,
 )
 _answer_command(
-    "confirm", "confirmed-correct", "Close item ID: the record is right (confirmed-correct)."
+    "confirm",
+    "confirmed-correct",
+    "Close item ID: the record is right (confirmed-correct)." + _NOT_DISCREPANCIES,
 )
-_answer_command("reject", "rejected", "Close item ID: the objection is unfounded (rejected).")
+_answer_command(
+    "reject",
+    "rejected",
+    "Close item ID: the objection is unfounded (rejected)." + _NOT_DISCREPANCIES,
+)
 
 
 @click.group()

@@ -5,19 +5,18 @@ like a model file: a file that does not parse, an unknown key, a rule on an enti
 attribute the model does not have, a regex that does not compile, an empty code list, a
 range whose bounds do not fit the attribute's type. A library delivered by a parent is
 checked the same way except against the model (the parent may use attributes this node
-has not adopted yet: those rules wait, see `node.quality.engine.applicable`).
+has not adopted yet: those rules wait, see `node.store.screening.applicable`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
-
-import duckdb
 
 from node.entities import COLUMN_TYPES
 from node.errors import UserError
@@ -26,6 +25,7 @@ from node.model.schema import EXTERNAL_CODE_LISTS, IDENTIFIER_SCHEMES, SEMVER, M
 from node.quality.rules import (
     CHECKS,
     SEVERITIES,
+    Rule,
     RuleLayer,
     RuleLibrary,
     layer_from_document,
@@ -54,9 +54,19 @@ def load_rules(path: Path, model: Model, node: str, *, local: bool) -> RuleLayer
 def check_library_json(text: str, where: str) -> RuleLibrary:
     """A library delivered by a parent, checked like files (its values end up in SQL)."""
     try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise UserError(f"{where}: not JSON: {exc}") from None
+        return _check_library(json.loads(text), where)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UserError(f"{where}: not a rule library: {exc}") from None
+
+
+def model_problem(rule: Rule, model: Model) -> str | None:
+    """Why `rule` does not fit `model` (checked as a rule file is), or None."""
+    check = Checker({})
+    _check_rule(check, ("rules", 0), rule.document(), model)
+    return check.problems[0].message if check.problems else None
+
+
+def _check_library(doc: Any, where: str) -> RuleLibrary:
     layers_doc = doc.get("layers") if isinstance(doc, dict) else None
     if not isinstance(layers_doc, list):
         raise UserError(f"{where}: a rule library has a list of layers")
@@ -156,7 +166,12 @@ def _check_rule(
         check.add(line, f"{label}: needs an entity and an attribute")
     if len(check.problems) > before or entity_name is None or attribute is None:
         return None
-    params = {k: spec[k] for k in CHECKS[rule_check] if k in spec}
+    # Dates written as TOML dates are kept as text, like the JSON the library travels as.
+    params = {
+        k: spec[k].isoformat() if isinstance(spec[k], date) else spec[k]
+        for k in CHECKS[rule_check]
+        if k in spec
+    }
     types: dict[str, str] = {}
     if model is not None:
         entity = model.entity(entity_name)
@@ -219,7 +234,7 @@ def _check_params(
         return not missing
 
     if rule_check == "type":
-        if needs("as") and params["as"] not in COLUMN_TYPES:
+        if needs("as") and (not isinstance(params["as"], str) or params["as"] not in COLUMN_TYPES):
             problem("as", f"as must be one of {', '.join(COLUMN_TYPES)}, not {params['as']!r}")
     elif rule_check == "pattern":
         if needs("pattern"):
@@ -279,11 +294,12 @@ def _check_pattern(pattern: Any, report: Any) -> None:
     if not isinstance(pattern, str) or not pattern:
         report("pattern must be a non-empty regular expression")
         return
-    try:
-        # The engine runs DuckDB's (RE2) regular expressions: compile it there.
-        duckdb.execute("SELECT regexp_full_match('', ?)", [pattern]).fetchall()
-    except duckdb.Error as exc:
-        report(f"pattern {pattern!r} does not compile: {str(exc).splitlines()[0]}")
+    # Imported here: the store (which runs the patterns) imports this module.
+    from node.store.screening import pattern_problem
+
+    problem = pattern_problem(pattern)
+    if problem is not None:
+        report(f"pattern {pattern!r} does not compile: {problem}")
 
 
 def _check_bounds(params: dict[str, Any], report: Any, what: str, kind: str | None) -> None:
@@ -299,7 +315,11 @@ def _check_bounds(params: dict[str, Any], report: Any, what: str, kind: str | No
             # Checked without a model (a delivered library): numbers or dates.
             kind = "number" if isinstance(value, int | float) else "date"
         if what == "length" or kind == "number":
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
             if what == "length":
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             if not ok:

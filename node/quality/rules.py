@@ -7,7 +7,7 @@ published layer, then its local layer. Rules are identified within their layer, 
 layers never clash: a rule shows as `id (node)`, or `id (local)`.
 
 The library travels as canonical JSON (sorted keys): equal libraries have equal digests.
-Files are parsed and checked in `node.quality.files`; the SQL is `node.quality.engine`'s.
+Files are parsed and checked in `node.quality.files`; the SQL is `node.store.screening`'s.
 """
 
 from __future__ import annotations

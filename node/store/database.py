@@ -128,6 +128,14 @@ def register_arrow(cur: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -
     cur.register(name, table)
 
 
+def arrow_of(
+    cur: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None
+) -> pa.Table:
+    """A query's answer as Arrow in the middle of a transaction (see register_arrow)."""
+    cur.execute("SELECT 1").fetchall()
+    return cur.sql(sql, params=params).to_arrow_table()
+
+
 def unregister_arrow(cur: duckdb.DuckDBPyConnection, name: str) -> None:
     cur.execute("SELECT 1").fetchall()
     cur.unregister(name)

@@ -11,6 +11,10 @@ So no tier keeps a state column to keep in step: each derives an item's state at
 time from what it holds — a newer version of the record from its owner ('corrected', a
 delete included), else the owner's latest answer, else 'open'. The same correction that
 reaches every tier closes the item at every tier, in the same transaction as the data.
+
+Discrepancies (`node/store/sources.py`) are feedback items too, but keep their own table
+and lifecycle (found and closed by each tier's cross-check, resolved at the source);
+`FeedbackService` lists them alongside the items here.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from node.catalog.freshness import clock
+from node.divisions import ancestors, is_within
 from node.entities import Column, Entity
 from node.errors import UserError
 from node.store.database import register_arrow, unregister_arrow
@@ -79,6 +84,8 @@ STATES = (OPEN, ACKNOWLEDGED, CORRECTED, CONFIRMED, REJECTED)
 # What an owner may answer (a correction is a new version of the record, not an answer).
 ANSWERS = (ACKNOWLEDGED, CONFIRMED, REJECTED)
 CLOSED = (CORRECTED, CONFIRMED, REJECTED)
+# The kinds kept in tongyuan.feedback. Discrepancies (`node/store/sources.py`) are
+# feedback items too, with a lifecycle of their own; the service lists them alongside.
 KINDS = ("rule", "objection")
 
 _COLS = ", ".join(FEEDBACK_COLUMNS)
@@ -94,6 +101,14 @@ def _key_text(entity: Entity, alias: str) -> str:
 
 def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
+
+
+def overdue_cutoff(overdue_hours: float | None, now: datetime | None = None) -> datetime | None:
+    """Items raised before this are overdue unless closed (None: nothing is). The node's
+    clock, so a configured skew counts."""
+    if overdue_hours is None:
+        return None
+    return (now or clock()) - timedelta(hours=overdue_hours)
 
 
 class FeedbackStore:
@@ -147,8 +162,23 @@ class FeedbackStore:
     ) -> str:
         """Raise an objection here about `owner_node`'s record `key` of `entity` as this node
         holds it (the key also matched in its normalised form); returns the item's id.
-        An unknown or deleted record, or an open objection about the same version raised
+        A record owned outside this node's subtree (items only travel down the links),
+        an unknown or deleted record, or an open objection about the same version raised
         here already, is refused and nothing is written."""
+        if not is_within(owner_node, self._code):
+            above = next((a for a in ancestors(self._code) if is_within(owner_node, a)), None)
+            where_to = (
+                f"raise it at a node above {self._code} whose subtree includes {owner_node}, "
+                f"such as {above}"
+                if above is not None
+                else f"raise it at a node of node {owner_node}'s own province"
+            )
+            raise UserError(
+                f"{entity.name} {key!r} of resource {resource} is a record of node "
+                f"{owner_node}, which is neither node {self._code} nor below it: an objection "
+                f"travels down the links to the record's owner and cannot reach it from here; "
+                f"{where_to}"
+            )
         raised_at = now or datetime.now(UTC)
         table = entity_table(entity)
         key_text = _key_text(entity, "r")
@@ -273,16 +303,19 @@ class FeedbackStore:
         overdue_hours: float | None = None,
         include_closed: bool = True,
         item_id: str | None = None,
+        limit: int | None = None,
         now: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Every item known here (one row per id, this node's own first), oldest first,
-        with its derived state, whether it is closed and overdue, the owner's answers and
-        the correcting version's time."""
-        cutoff = self._cutoff(overdue_hours, now)
+        """Items known here (one row per id, this node's own first), oldest first, with
+        their derived state, whether each is closed and overdue, the owner's answers and
+        the correcting version's time. Without `include_closed` only open and acknowledged
+        ones; at most `limit` (both applied in SQL, so a long history is not read)."""
+        cutoff = overdue_cutoff(overdue_hours, now)
         where, params = ("i.id = ?", [item_id]) if item_id is not None else ("true", [])
         with self._db.read() as cur:
-            found = self._select(cur, where, params, cutoff=cutoff)
-        return [f for f in found if include_closed or not f["closed"]]
+            return self._select(
+                cur, where, params, cutoff=cutoff, include_closed=include_closed, limit=limit
+            )
 
     def item(self, item_id: str, overdue_hours: float | None = None) -> dict[str, Any] | None:
         found = self.items(overdue_hours=overdue_hours, item_id=item_id)
@@ -290,8 +323,12 @@ class FeedbackStore:
 
     def counts(self, overdue_hours: float) -> dict[str, Any]:
         """Items known here: open (not acknowledged), acknowledged, closed, and overdue
-        (open or acknowledged, raised longer ago than `overdue_hours`)."""
-        cutoff = self._cutoff(overdue_hours, None)
+        (open or acknowledged, raised longer ago than `overdue_hours`).
+
+        Rule items and objections only: discrepancies, which `feedback list` shows as items
+        too, are counted by `SourcesStore.counts` (status's own line, the metric
+        `tongyuan_discrepancies`), so no metric counts one twice."""
+        cutoff = overdue_cutoff(overdue_hours, None)
         with self._db.read() as cur:
             sql, params = self._items_sql(cur, "true", [], cutoff)
             open_, acknowledged, closed, overdue = cur.execute(
@@ -307,13 +344,6 @@ class FeedbackStore:
             "overdue": int(overdue),
         }
 
-    @staticmethod
-    def _cutoff(overdue_hours: float | None, now: datetime | None) -> datetime | None:
-        """Items raised before this are overdue unless closed (None: nothing is)."""
-        if overdue_hours is None:
-            return None
-        return (now or clock()) - timedelta(hours=overdue_hours)
-
     def _select(
         self,
         cur: duckdb.DuckDBPyConnection,
@@ -321,9 +351,18 @@ class FeedbackStore:
         params: list[Any],
         *,
         cutoff: datetime | None,
+        include_closed: bool = True,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         sql, all_params = self._items_sql(cur, where, params, cutoff)
-        result = cur.execute(sql + " ORDER BY raised_at, id", all_params)
+        sql = f"SELECT * FROM ({sql})"
+        if not include_closed:
+            sql += " WHERE NOT closed"
+        sql += " ORDER BY raised_at, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            all_params = [*all_params, max(int(limit), 0)]
+        result = cur.execute(sql, all_params)
         names = [c[0] for c in result.description]
         rows = [dict(zip(names, r, strict=True)) for r in result.fetchall()]
         for row in rows:

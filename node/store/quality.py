@@ -25,22 +25,55 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from node.divisions import is_within
 from node.entities import Entity
 from node.errors import UserError
-from node.quality.checksums import division_codes_table
-from node.quality.engine import Screen, applicable, compile_screen, literal
 from node.quality.files import check_library_json, layer_from_json, layer_json
-from node.quality.rules import RuleLayer, RuleLibrary, layer_from_document
-from node.store.database import register_arrow, unregister_arrow
+from node.quality.rules import RuleLayer, RuleLibrary, layer_from_document, rule_label
+from node.store.checksums import division_codes_table
+from node.store.database import arrow_of, register_arrow, unregister_arrow
 from node.store.feedback import FEEDBACK_SCHEMA
 from node.store.schema import entity_table, quote
+from node.store.screening import (
+    CompiledRule,
+    Screen,
+    applicable,
+    compile_screen,
+    literal,
+    trial_sql,
+)
 
 if TYPE_CHECKING:
     from node.store.store import Store
 
 RECEIVED, PUBLISHED, LOCAL = "received", "published", "local"
+
+
+def _above_or_same(node: str, ancestor: str) -> bool:
+    try:
+        return is_within(node, ancestor)
+    except UserError:
+        return False
+
+
 QUARANTINE_STATES = ("held", "released", "dropped", "superseded")
 _EVAL = "quality_eval"
+_QUARANTINE_COLUMNS = (
+    "id, entity, record_key, origin_node, origin_dept, origin_seq, origin_resource, "
+    "received_from, batch_id, source, fields, row_json, rules, reasons, quarantined_at, state"
+)
+_FLAG_COLUMNS = "entity, origin_node, record_key, origin_seq, rule, reason, flagged_at"
+# A short id users type (16 hex digits of a random UUID).
+_NEW_ID = "left(replace(CAST(gen_random_uuid() AS VARCHAR), '-', ''), 16)"
+_WIRE_LINEAGE = (
+    "_deleted",
+    "origin_node",
+    "origin_seq",
+    "origin_dept",
+    "origin_batch",
+    "origin_time",
+    "origin_resource",
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +95,10 @@ class QualityStore:
         self._lock = threading.Lock()
         self._library: RuleLibrary | None = None
         self._screens: dict[tuple[str, str, tuple[str, ...] | None], Screen | None] = {}
+        # Rules (by label) that failed their trial run here, with the error.
+        self._broken: dict[str, str] = {}
+        # Entities with rows waiting in quarantine (None: read it again).
+        self._held_entities: set[str] | None = None
 
     # ----- the library -----------------------------------------------------------------
 
@@ -106,6 +143,17 @@ class QualityStore:
         down = RuleLibrary(tuple(layer for layer in self.library().layers if not layer.local))
         return down.digest(), down.to_json()
 
+    def must_screen(self, child_digest: str | None) -> bool:
+        """Whether a child's rows need screening here. Not when the child applies this
+        node's downward library as it stands (it screened every row it sends, those of
+        its own children included) and this node adds no local rules."""
+        library = self.library()
+        if not library.layers:
+            return False
+        if any(layer.local for layer in library.layers):
+            return True
+        return child_digest != self.downward_library()[0]
+
     def received_digest(self, parent: str) -> str:
         with self._db.read() as cur:
             row = cur.execute(
@@ -115,10 +163,18 @@ class QualityStore:
         return str(row[0]) if row else ""
 
     def receive_library(self, parent: str, library_json: str, digest: str) -> None:
-        """The parent's library replaces the one received before (from any parent)."""
-        library = check_library_json(library_json, f"rule library delivered by {parent}")
+        """The parent's library replaces the one received before (from any parent); its
+        layers can only be the parent's and those of nodes above it."""
+        where = f"rule library delivered by {parent}"
+        library = check_library_json(library_json, where)
         if library.digest() != digest:
-            raise UserError(f"rule library delivered by {parent} does not match its digest")
+            raise UserError(f"{where} does not match its digest")
+        for layer in library.layers:
+            if not _above_or_same(parent, layer.node):
+                raise UserError(
+                    f"{where} carries a layer of node {layer.node}, which is not {parent} "
+                    "or above it"
+                )
         self._replace(RECEIVED, library.to_json(), digest, parent)
 
     def set_own_layer(self, role: str, layer: RuleLayer, actor: str) -> None:
@@ -137,7 +193,8 @@ class QualityStore:
         with self._db.write() as cur:
             cur.execute("DELETE FROM tongyuan.rule_layers WHERE role = ?", [role])
             cur.execute(
-                "INSERT INTO tongyuan.rule_layers VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO tongyuan.rule_layers (role, doc, digest, source, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [role, doc, digest, source, datetime.now(UTC)],
             )
         self._changed()
@@ -146,49 +203,88 @@ class QualityStore:
         with self._lock:
             self._library = None
             self._screens.clear()
+            self._broken.clear()
         self.generation += 1
 
     def applicability(self) -> list[dict[str, Any]]:
         """Every rule of the library, with where it comes from and whether it applies."""
-        return [
-            {
-                **rule.document(),
-                "layer": layer.label,
-                "origin": "local" if layer.local else layer.node,
-                "applies": why is None,
-                "waiting_because": why,
-            }
-            for layer, rule, why in applicable(self.library(), self._store.model)
-        ]
+        for entity in self._store.entities.values():
+            self.screen(entity, None)  # trial-runs the rules (a broken one waits)
+        found = []
+        for layer, rule, why in applicable(self.library(), self._store.model):
+            label = rule_label(layer, rule)
+            if why is None and label in self._broken:
+                why = f"does not run here: {self._broken[label]}"
+            found.append(
+                {
+                    **rule.document(),
+                    "layer": layer.label,
+                    "origin": "local" if layer.local else layer.node,
+                    "applies": why is None,
+                    "waiting_because": why,
+                }
+            )
+        return found
 
     def screen(self, entity: Entity, fields: Sequence[str] | None) -> Screen | None:
+        """The entity's rules for rows carrying `fields`, compiled once per library and
+        model. Each rule is first run over no rows: one that fails to run here (it cannot
+        on real rows either) is left out and shown as waiting, so it never stops an
+        import or a child's batches."""
         library = self.library()
         model = self._store.model
-        key = (entity.name, library.digest() + model.digest(), tuple(fields) if fields else None)
+        carried = tuple(fields) if fields else None
+        key = (entity.name, library.digest() + model.digest(), carried)
         with self._lock:
             if key not in self._screens:
-                self._screens[key] = compile_screen(
-                    library, model, entity, tuple(fields) if fields else None
-                )
+                full = compile_screen(library, model, entity, carried)
+                for rule in full.rules if full is not None else ():
+                    problem = self._trial(entity, rule)
+                    if problem is not None:
+                        self._broken[rule.label] = problem
+                self._screens[key] = compile_screen(library, model, entity, carried, self._broken)
             return self._screens[key]
+
+    def _trial(self, entity: Entity, rule: CompiledRule) -> str | None:
+        with self._db.read() as cur:
+            for name, table in self.relations().items():
+                cur.register(name, table)
+            try:
+                cur.execute(trial_sql(entity, rule)).fetchall()
+            except duckdb.Error as exc:
+                return str(exc).splitlines()[0]
+        return None
 
     # ----- screening (inside the writer's transaction) ---------------------------------
 
+    def relations(self) -> dict[str, pa.Table]:
+        """The Arrow relations screening reads, registered by the write transaction."""
+        return {"model_codes": self._store.model_codes, "division_codes": division_codes_table()}
+
+    @staticmethod
     def _evaluate(
-        self, cur: duckdb.DuckDBPyConnection, screen: Screen, source: str, row_id: str, where: str
-    ) -> None:
+        cur: duckdb.DuckDBPyConnection, screen: Screen, source: str, row_id: str, where: str
+    ) -> pa.Table | None:
+        """The rows of `source` that failed a rule, registered as `quality_eval`
+        (`_id`, `_blocking`, `_warning` lists of {rule, reason}); None when all passed.
+        One statement when nothing fails, which is the common case of a small batch."""
         try:
-            select = screen.select_sql(source, row_id, where)
-            cur.execute(f"CREATE OR REPLACE TEMP TABLE {_EVAL} AS {select}")
+            failures = arrow_of(cur, screen.select_sql(source, row_id, where))
         except duckdb.Error as exc:
+            # Rules are trial-run when compiled, so this is not a rule that cannot run.
             raise UserError(
                 f"the rule library could not be applied to {screen.entity} rows ({exc}); "
                 "nothing was written: check the rules with `tongyuan quality rules show`"
             ) from None
+        if failures.num_rows == 0:
+            return None
+        register_arrow(cur, _EVAL, failures)
+        return failures
 
-    def relations(self) -> dict[str, pa.Table]:
-        """The Arrow relations screening reads, registered by the write transaction."""
-        return {"model_codes": self._store._model_codes, "division_codes": division_codes_table()}
+    @staticmethod
+    def _done(cur: duckdb.DuckDBPyConnection, failures: pa.Table | None) -> None:
+        if failures is not None:
+            unregister_arrow(cur, _EVAL)
 
     def screen_import(
         self,
@@ -205,81 +301,95 @@ class QualityStore:
         now: datetime,
         releasing: Sequence[str] = (),
     ) -> Screening:
-        """Screen `ingest_stage`; held rows go to quarantine and are listed in the temp
-        table `ingest_held` (the caller leaves them out). With `releasing` (quarantine
-        ids, one per staged row), rows that pass are marked released and rows that fail
-        again stay held with their new reasons instead of being held twice."""
-        screen = self.screen(entity, fields)
+        """Screen `ingest_stage`. Held rows go to quarantine and into the temp table
+        `ingest_held` (the caller leaves them out); warned rows are kept in
+        `ingest_warned` for `flag_import`. With `releasing` (quarantine ids, one per
+        staged row), rows that pass are marked released and rows that fail again stay
+        held with their new reasons instead of being held twice."""
         cur.execute("CREATE OR REPLACE TEMP TABLE ingest_held (_row BIGINT)")
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE ingest_warned (_row BIGINT, rule VARCHAR, reason VARCHAR)"
+        )
+        screen = self.screen(entity, fields)
         if screen is None:
             self._settle_released(cur, releasing, [], now)
             return Screening()
         source = f"(SELECT *, {literal(origin_node)} AS origin_node FROM ingest_stage)"
-        self._evaluate(cur, screen, source, "_row", "true")
+        failures = self._evaluate(cur, screen, source, "_row", "true")
+        if failures is None:
+            self._settle_released(cur, releasing, [], now)
+            return Screening()
         cur.execute(f"INSERT INTO ingest_held SELECT _id FROM {_EVAL} WHERE len(_blocking) > 0")
+        cur.execute(
+            "INSERT INTO ingest_warned SELECT _id, w.rule, w.reason FROM "
+            f"(SELECT _id, unnest(_warning) AS w FROM {_EVAL} WHERE len(_blocking) = 0)"
+        )
         held_rows = cur.execute("SELECT _row FROM ingest_held ORDER BY _row").fetchnumpy()["_row"]
         if releasing:
             self._settle_released(cur, releasing, held_rows, now)
         elif len(held_rows):
-            where = pa.table(
-                {
-                    "_row": pa.array(held_rows, pa.int64()),
-                    "_where": pa.array([f"{file_label} {locate(int(r))}" for r in held_rows]),
-                }
-            )
-            struct = ", ".join(f"{quote(f)} := s.{quote(f)}" for f in fields)
-            key = quote(entity.key)
-            register_arrow(cur, "quality_where", where)
-            try:
-                cur.execute(
-                    "CREATE OR REPLACE TEMP TABLE quality_new AS SELECT "
-                    f"CAST(s.{key} AS VARCHAR) AS record_key, w._where, "
-                    f"CAST(to_json(struct_pack({struct})) AS VARCHAR) AS row_json, "
-                    "list_transform(e._blocking, lambda x: x.rule) AS rules, "
-                    "list_transform(e._blocking, lambda x: x.reason) AS reasons "
-                    f"FROM {_EVAL} e JOIN ingest_stage s ON s._row = e._id "
-                    "JOIN quality_where w ON w._row = e._id WHERE len(e._blocking) > 0"
-                )
-            finally:
-                unregister_arrow(cur, "quality_where")
-            # The same row imported again is held once; another version of a held record
-            # replaces the one waiting.
-            mine = (
-                "q.state = 'held' AND q.entity = ? AND q.origin_node = ? "
-                "AND q.received_from IS NULL AND q.record_key = n.record_key"
-            )
-            cur.execute(
-                "UPDATE tongyuan.quarantine q SET state = 'superseded', settled_at = ? "
-                f"FROM quality_new n WHERE {mine} AND q.row_json <> n.row_json",
-                [now, entity.name, origin_node],
-            )
-            cur.execute(
-                "INSERT INTO tongyuan.quarantine SELECT "
-                "left(replace(CAST(gen_random_uuid() AS VARCHAR), '-', ''), 16), ?, "
-                "n.record_key, ?, ?, NULL, ?, NULL, ?, n._where, ?, n.row_json, n.rules, "
-                "n.reasons, ?, 'held', NULL, NULL FROM quality_new n WHERE NOT EXISTS "
-                f"(SELECT 1 FROM tongyuan.quarantine q WHERE {mine} AND q.row_json = n.row_json)",
-                [
-                    entity.name,
-                    origin_node,
-                    department,
-                    resource,
-                    batch_id,
-                    list(fields),
-                    now,
-                    entity.name,
-                    origin_node,
-                ],
-            )
-            cur.execute("DROP TABLE quality_new")
+            self._hold_imported(
+                cur, entity, fields, held_rows, origin_node, department, resource, batch_id,
+                [f"{file_label} {locate(int(r))}" for r in held_rows], now,
+            )  # fmt: skip
         by_rule = cur.execute(
             "SELECT r, count(*) FROM (SELECT unnest(list_transform(_blocking, lambda x: x.rule)) "
             f"AS r FROM {_EVAL}) GROUP BY r ORDER BY count(*) DESC, r"
         ).fetchall()
-        (flagged,) = cur.execute(
-            f"SELECT count(*) FROM {_EVAL} WHERE len(_blocking) = 0"
-        ).fetchone()  # type: ignore[misc]
-        return Screening(len(held_rows), int(flagged), tuple((r, int(n)) for r, n in by_rule))
+        self._done(cur, failures)
+        return Screening(len(held_rows), 0, tuple((r, int(n)) for r, n in by_rule))
+
+    def _hold_imported(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        fields: Sequence[str],
+        held_rows: Any,
+        origin_node: str,
+        department: str,
+        resource: str | None,
+        batch_id: str,
+        where: list[str],
+        now: datetime,
+    ) -> None:
+        """Held rows of an import into quarantine: the same row imported again is held
+        once, and another version of a held record (from the same resource) replaces the
+        one waiting."""
+        key = quote(entity.key)
+        struct = ", ".join(f"{quote(f)} := s.{quote(f)}" for f in fields)
+        located = pa.table(
+            {"_row": pa.array(held_rows, pa.int64()), "_where": pa.array(where, pa.string())}
+        )
+        register_arrow(cur, "quality_where", located)
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE quality_new AS SELECT "
+            f"CAST(s.{key} AS VARCHAR) AS record_key, w._where, "
+            f"CAST(to_json(struct_pack({struct})) AS VARCHAR) AS row_json, "
+            "list_transform(e._blocking, lambda x: x.rule) AS rules, "
+            "list_transform(e._blocking, lambda x: x.reason) AS reasons "
+            f"FROM {_EVAL} e JOIN ingest_stage s ON s._row = e._id "
+            "JOIN quality_where w ON w._row = e._id WHERE len(e._blocking) > 0"
+        )
+        unregister_arrow(cur, "quality_where")
+        waiting = (
+            "q.state = 'held' AND q.entity = ? AND q.origin_node = ? AND q.received_from IS NULL "
+            "AND q.origin_resource IS NOT DISTINCT FROM ? AND q.record_key = n.record_key"
+        )
+        scope = [entity.name, origin_node, resource]
+        cur.execute(
+            "UPDATE tongyuan.quarantine q SET state = 'superseded', settled_at = ? "
+            f"FROM quality_new n WHERE {waiting} AND q.row_json <> n.row_json",
+            [now, *scope],
+        )
+        cur.execute(
+            f"INSERT INTO tongyuan.quarantine ({_QUARANTINE_COLUMNS}) SELECT "
+            f"{_NEW_ID}, ?, n.record_key, ?, ?, NULL, ?, NULL, ?, n._where, ?, n.row_json, "
+            "n.rules, n.reasons, ?, 'held' FROM quality_new n WHERE NOT EXISTS "
+            f"(SELECT 1 FROM tongyuan.quarantine q WHERE {waiting} AND q.row_json = n.row_json)",
+            [entity.name, origin_node, department, resource, batch_id, list(fields), now, *scope],
+        )
+        cur.execute("DROP TABLE quality_new")
+        self._now_held(entity.name)
 
     def _settle_released(
         self,
@@ -299,7 +409,7 @@ class QualityStore:
         if passed:
             cur.execute(
                 "UPDATE tongyuan.quarantine SET state = 'released', settled_at = ? "
-                "WHERE list_contains(?, id)",
+                "WHERE state = 'held' AND list_contains(?, id)",
                 [now, passed],
             )
         if still:
@@ -310,53 +420,58 @@ class QualityStore:
                 }
             )
             register_arrow(cur, "quality_released", ids)
-            try:
-                cur.execute(
-                    "UPDATE tongyuan.quarantine q SET "
-                    "rules = list_transform(e._blocking, lambda x: x.rule), "
-                    "reasons = list_transform(e._blocking, lambda x: x.reason), quarantined_at = ? "
-                    f"FROM quality_released r JOIN {_EVAL} e ON e._id = r._row + ? "
-                    "WHERE q.id = r.id",
-                    [now, offset],
-                )
-            finally:
-                unregister_arrow(cur, "quality_released")
+            cur.execute(
+                "UPDATE tongyuan.quarantine q SET "
+                "rules = list_transform(e._blocking, lambda x: x.rule), "
+                "reasons = list_transform(e._blocking, lambda x: x.reason), quarantined_at = ? "
+                f"FROM quality_released r JOIN {_EVAL} e ON e._id = r._row + ? "
+                "WHERE q.id = r.id",
+                [now, offset],
+            )
+            unregister_arrow(cur, "quality_released")
+        self._held_entities = None
 
     def flag_import(
-        self, cur: duckdb.DuckDBPyConnection, entity: Entity, origin_node: str, now: datetime
-    ) -> None:
-        """Flag the versions an import just wrote that failed a warning rule; earlier
-        held versions of the records it wrote are superseded."""
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        origin_node: str,
+        resource: str | None,
+        now: datetime,
+    ) -> int:
+        """After an import's write: flag the versions it wrote that failed a warning rule
+        (returns how many), and supersede held rows of the records the import named or
+        deleted (through the same resource): the file says what they are now."""
         key = quote(entity.key)
         if self.has_held(cur, entity.name):
             cur.execute(
                 "UPDATE tongyuan.quarantine q SET state = 'superseded', settled_at = ? "
-                "FROM ingest_delta d WHERE q.state = 'held' AND q.entity = ? "
-                "AND q.origin_node = ? AND q.received_from IS NULL "
+                f"FROM (SELECT {key} FROM ingest_stage WHERE _row NOT IN "
+                f"(SELECT _row FROM ingest_held) UNION ALL SELECT {key} FROM ingest_gone) d "
+                "WHERE q.state = 'held' AND q.entity = ? AND q.origin_node = ? "
+                "AND q.received_from IS NULL AND q.origin_resource IS NOT DISTINCT FROM ? "
                 f"AND q.record_key = CAST(d.{key} AS VARCHAR)",
-                [now, entity.name, origin_node],
+                [now, entity.name, origin_node, resource],
             )
-        if not self._has_eval(cur):
-            return
-        table = entity_table(entity)
-        cur.execute(
-            "INSERT INTO tongyuan.quality_flags SELECT ?, t.origin_node, CAST(t.{k} AS VARCHAR), "
-            "t.origin_seq, w.rule, w.reason, ? FROM (SELECT _id, unnest(_warning) AS w "
-            f"FROM {_EVAL} WHERE len(_blocking) = 0) e JOIN ingest_delta d ON d._row = e._id "
-            f"JOIN {table} t ON t.origin_node = ? AND t.{key} = d.{key}".replace("{k}", key),
-            [entity.name, now, origin_node],
-        )
+            self._held_entities = None
+        (flagged,) = cur.execute(
+            "SELECT count(DISTINCT w._row) FROM ingest_warned w "
+            "JOIN ingest_delta d ON d._row = w._row"
+        ).fetchall()[0]
+        if flagged:
+            cur.execute(
+                f"INSERT INTO tongyuan.quality_flags ({_FLAG_COLUMNS}) SELECT ?, t.origin_node, "
+                f"CAST(t.{key} AS VARCHAR), t.origin_seq, w.rule, w.reason, ? "
+                "FROM ingest_warned w JOIN ingest_delta d ON d._row = w._row "
+                f"JOIN {entity_table(entity)} t ON t.origin_node = ? AND t.{key} = d.{key}",
+                [entity.name, now, origin_node],
+            )
+        return int(flagged)
 
     @staticmethod
-    def _has_eval(cur: duckdb.DuckDBPyConnection) -> bool:
-        (found,) = cur.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?", [_EVAL]
-        ).fetchone()  # type: ignore[misc]
-        return bool(found)
-
-    def drop_eval(self, cur: duckdb.DuckDBPyConnection) -> None:
-        cur.execute(f"DROP TABLE IF EXISTS {_EVAL}")
+    def drop_screening(cur: duckdb.DuckDBPyConnection) -> None:
         cur.execute("DROP TABLE IF EXISTS ingest_held")
+        cur.execute("DROP TABLE IF EXISTS ingest_warned")
 
     def screen_incoming(
         self,
@@ -368,65 +483,92 @@ class QualityStore:
         releasing: Sequence[str] = (),
     ) -> np.ndarray | None:
         """Screen a child's rows (`source`, with `_ord`); returns the `_ord`s held, or None
-        when the entity has no rules. Held rows go to quarantine and become feedback items
-        for their owner; warned rows are flagged (by version, so only the version that
-        wins counts in scores)."""
+        when the entity has no rules. Held rows go to quarantine (once per version, however
+        often it is delivered) and become feedback items for their owner; warned rows are
+        flagged by version, so only the version that wins counts in scores."""
         screen = self.screen(entity, None)
         if screen is None:
             return None
-        self._evaluate(cur, screen, source, "_ord", "NOT s._deleted")
-        (held_count, warned) = cur.execute(
-            f"SELECT count(*) FILTER (len(_blocking) > 0), count(*) FILTER (len(_blocking) = 0) "
-            f"FROM {_EVAL}"
-        ).fetchone()  # type: ignore[misc]
-        key = quote(entity.key)
+        failures = self._evaluate(cur, screen, source, "_ord", "NOT s._deleted")
+        if failures is None:
+            if releasing:
+                self._settle_released(cur, releasing, [], now, offset=1)
+            return np.empty(0, dtype=np.int64)
+        held = cur.execute(f"SELECT _id FROM {_EVAL} WHERE len(_blocking) > 0").fetchnumpy()["_id"]
+        held = np.asarray(held, dtype=np.int64)
         if releasing:
-            failed = cur.execute(f"SELECT _id FROM {_EVAL} WHERE len(_blocking) > 0").fetchnumpy()[
-                "_id"
-            ]
             # `_ord` n is the n-th row released.
-            self._settle_released(cur, releasing, [int(o) - 1 for o in failed], now, offset=1)
-            cur.execute(f"DROP TABLE {_EVAL}")
-            return np.asarray(failed, dtype=np.int64)
-        if warned:
-            cur.execute(
-                "INSERT INTO tongyuan.quality_flags SELECT ?, i.origin_node, "
-                f"CAST(i.{key} AS VARCHAR), i.origin_seq, w.rule, w.reason, ? FROM "
-                f"(SELECT _id, unnest(_warning) AS w FROM {_EVAL} WHERE len(_blocking) = 0) e "
-                f"JOIN {source} i ON i._ord = e._id",
-                [entity.name, now],
-            )
-        held = np.empty(0, dtype=np.int64)
-        if held_count:
-            cur.execute(
-                "INSERT INTO tongyuan.quarantine SELECT "
-                "left(replace(CAST(gen_random_uuid() AS VARCHAR), '-', ''), 16), ?, "
-                f"CAST(i.{key} AS VARCHAR), i.origin_node, i.origin_dept, i.origin_seq, "
-                "i.origin_resource, ?, i.origin_batch, ?, ?, to_json(i), "
-                "list_transform(e._blocking, lambda x: x.rule), "
-                "list_transform(e._blocking, lambda x: x.reason), ?, 'held', NULL, NULL "
-                f"FROM {_EVAL} e JOIN {source} i ON i._ord = e._id WHERE len(e._blocking) > 0",
-                [entity.name, child, f"child {child}", list(entity.column_names), now],
-            )
-            items = cur.sql(
-                "SELECT 'r' || left(md5(concat_ws('|', ?, i.origin_node, "
-                f"CAST(i.{key} AS VARCHAR), i.origin_seq)), 15) AS id, 'rule' AS kind, "
-                f"? AS entity, i.origin_resource AS resource, CAST(i.{key} AS VARCHAR) AS "
-                "record_key, i.origin_node AS owner_node, i.origin_dept AS owner_dept, "
-                "i.origin_seq AS record_seq, "
-                "array_to_string(list_transform(e._blocking, "
-                "lambda x: x.rule || ': ' || x.reason), '; ') AS reason, ? AS raised_node, "
-                "'rule library' AS raised_by, "
-                f"?::TIMESTAMPTZ AS raised_at FROM {_EVAL} e JOIN {source} i ON i._ord = e._id "
-                "WHERE len(e._blocking) > 0",
-                params=[entity.name, entity.name, self._code, now],
-            ).to_arrow_table()
-            self._store.feedback.raise_in(cur, items.cast(FEEDBACK_SCHEMA))
-            held = cur.execute(f"SELECT _id FROM {_EVAL} WHERE len(_blocking) > 0").fetchnumpy()[
-                "_id"
-            ]
-        cur.execute(f"DROP TABLE {_EVAL}")
+            self._settle_released(cur, releasing, [int(o) - 1 for o in held], now, offset=1)
+        else:
+            self._flag_incoming(cur, entity, source, now)
+            if len(held):
+                self._hold_incoming(cur, entity, source, child, now)
+        self._done(cur, failures)
         return held
+
+    def _flag_incoming(
+        self, cur: duckdb.DuckDBPyConnection, entity: Entity, source: str, now: datetime
+    ) -> None:
+        key = quote(entity.key)
+        cur.execute(
+            f"INSERT INTO tongyuan.quality_flags ({_FLAG_COLUMNS}) SELECT DISTINCT ?, "
+            f"i.origin_node, CAST(i.{key} AS VARCHAR), i.origin_seq, w.rule, w.reason, ? FROM "
+            f"(SELECT _id, unnest(_warning) AS w FROM {_EVAL} WHERE len(_blocking) = 0) e "
+            f"JOIN {source} i ON i._ord = e._id WHERE NOT EXISTS (SELECT 1 FROM "
+            "tongyuan.quality_flags f WHERE f.entity = ? AND f.origin_node = i.origin_node "
+            f"AND f.record_key = CAST(i.{key} AS VARCHAR) AND f.origin_seq = i.origin_seq "
+            "AND f.rule = w.rule)",
+            [entity.name, now, entity.name],
+        )
+
+    def _hold_incoming(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        entity: Entity,
+        source: str,
+        child: str,
+        now: datetime,
+    ) -> None:
+        """Held versions into quarantine (not again when delivered again, nor when the
+        store already holds that version or a newer one), each a feedback item."""
+        key = quote(entity.key)
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE quality_new AS SELECT i.*, e._blocking "
+            f"FROM {_EVAL} e JOIN {source} i ON i._ord = e._id WHERE len(e._blocking) > 0 "
+            "AND NOT EXISTS (SELECT 1 FROM tongyuan.quarantine q WHERE q.entity = ? "
+            "AND q.origin_node = i.origin_node AND q.origin_seq = i.origin_seq "
+            f"AND q.record_key = CAST(i.{key} AS VARCHAR)) AND NOT EXISTS (SELECT 1 FROM "
+            f"{entity_table(entity)} t WHERE t.origin_node = i.origin_node AND t.{key} = i.{key} "
+            "AND t.origin_seq >= i.origin_seq)",
+            [entity.name],
+        )
+        row = ", ".join(
+            f"{quote(c)} := n.{quote(c)}" for c in (*entity.column_names, *_WIRE_LINEAGE)
+        )
+        cur.execute(
+            f"INSERT INTO tongyuan.quarantine ({_QUARANTINE_COLUMNS}) SELECT {_NEW_ID}, ?, "
+            f"CAST(n.{key} AS VARCHAR), n.origin_node, n.origin_dept, n.origin_seq, "
+            "n.origin_resource, ?, n.origin_batch, ?, ?, "
+            f"CAST(to_json(struct_pack({row})) AS VARCHAR), "
+            "list_transform(n._blocking, lambda x: x.rule), "
+            "list_transform(n._blocking, lambda x: x.reason), ?, 'held' FROM quality_new n",
+            [entity.name, child, f"child {child}", list(entity.column_names), now],
+        )
+        items = arrow_of(
+            cur,
+            "SELECT 'r' || left(md5(concat_ws('|', ?, origin_node, "
+            f"CAST({key} AS VARCHAR), origin_seq)), 15) AS id, 'rule' AS kind, "
+            f"? AS entity, origin_resource AS resource, CAST({key} AS VARCHAR) AS record_key, "
+            "origin_node AS owner_node, origin_dept AS owner_dept, origin_seq AS record_seq, "
+            "array_to_string(list_transform(_blocking, lambda x: x.rule || ': ' || x.reason), "
+            "'; ') AS reason, ? AS raised_node, 'rule library' AS raised_by, "
+            "?::TIMESTAMPTZ AS raised_at FROM quality_new",
+            [entity.name, entity.name, self._code, now],
+        )
+        cur.execute("DROP TABLE quality_new")
+        if items.num_rows:
+            self._store.feedback.raise_in(cur, items.cast(FEEDBACK_SCHEMA))
+        self._now_held(entity.name)
 
     def supersede_incoming(
         self, cur: duckdb.DuckDBPyConnection, entity: Entity, source: str, now: datetime
@@ -436,10 +578,11 @@ class QualityStore:
         cur.execute(
             "UPDATE tongyuan.quarantine q SET state = 'superseded', settled_at = ? "
             f"FROM {source} i WHERE q.state = 'held' AND q.entity = ? "
-            "AND q.origin_node = i.origin_node AND q.record_key = CAST(i.{k} AS VARCHAR) "
-            "AND i.origin_seq > q.origin_seq".replace("{k}", key),
+            f"AND q.origin_node = i.origin_node AND q.record_key = CAST(i.{key} AS VARCHAR) "
+            "AND i.origin_seq > q.origin_seq",
             [now, entity.name],
         )
+        self._held_entities = None
 
     @staticmethod
     def rename_for_model(
@@ -457,11 +600,20 @@ class QualityStore:
                     )
 
     def has_held(self, cur: duckdb.DuckDBPyConnection, entity: str) -> bool:
-        (found,) = cur.execute(
-            "SELECT count(*) FROM tongyuan.quarantine WHERE state = 'held' AND entity = ? LIMIT 1",
-            [entity],
-        ).fetchone()  # type: ignore[misc]
-        return bool(found)
+        """Whether rows of `entity` may wait in quarantine (kept in memory: the apply path
+        asks on every batch; read through the caller's transaction when unknown)."""
+        known = self._held_entities
+        if known is None:
+            rows = cur.execute(
+                "SELECT DISTINCT entity FROM tongyuan.quarantine WHERE state = 'held'"
+            ).fetchall()
+            known = self._held_entities = {str(r[0]) for r in rows}
+        return entity in known
+
+    def _now_held(self, entity: str) -> None:
+        # A rolled-back hold leaves the entity listed: that costs one needless UPDATE.
+        if self._held_entities is not None:
+            self._held_entities.add(entity)
 
     # ----- quarantine ------------------------------------------------------------------
 
@@ -520,6 +672,7 @@ class QualityStore:
                 "WHERE state = 'held' AND list_contains(?, id)",
                 [state, datetime.now(UTC), actor, list(ids)],
             )
+        self._held_entities = None
         return int(count)
 
     def mark_released(self, ids: Sequence[str], actor: str) -> None:
@@ -553,9 +706,12 @@ class QualityStore:
             f"AS {quote(n)}"
             for n, t in columns
         )
+        order = pa.table(
+            {"id": pa.array(ids, pa.string()), "_pos": pa.array(range(len(ids)), pa.int64())}
+        )
         with self._db.read() as cur:
+            cur.register("quality_wanted", order)
             return cur.sql(
-                f"SELECT {select} FROM tongyuan.quarantine WHERE list_contains(?, id) "
-                "ORDER BY list_position(?, id)",
-                params=[list(ids), list(ids)],
+                f"SELECT {select} FROM tongyuan.quarantine JOIN quality_wanted USING (id) "
+                "ORDER BY _pos"
             ).to_arrow_table()

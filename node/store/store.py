@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,7 @@ class Store:
         # last sequence, so a window skips entities with no change. One attribute, so a
         # window reader never pairs one model's entities with another's heads.
         self._log_state = (log_entities, heads)
-        self._model_codes = model_codes_table(model)
+        self.model_codes = model_codes_table(model)
 
     @property
     def log_entities(self) -> dict[str, Entity]:
@@ -472,8 +472,11 @@ class Store:
                 self._write_ingest(
                     cur, entity, origin_node, department, resource, batch_id, now, base
                 )
-                if observing is None:
-                    self.quality.flag_import(cur, entity, origin_node, now)
+            if observing is None:
+                screening = replace(
+                    screening,
+                    flagged=self.quality.flag_import(cur, entity, origin_node, resource, now),
+                )
             stamped = touch and self.catalog.touch_entry(cur, resource, head, now)  # type: ignore[arg-type]
             n_delta = int(inserted) + int(updated)
             result = IngestResult(
@@ -515,7 +518,7 @@ class Store:
             report("applying", changes, changes)
             for temp in ("ingest_stage", "ingest_delta", "ingest_gone"):
                 cur.execute(f"DROP TABLE {temp}")
-            self.quality.drop_eval(cur)
+            self.quality.drop_screening(cur)
             changed = [entity.name, "catalog"] if stamped else [entity.name]
             publication.set(head, changed if changes else [])
         return result
@@ -879,13 +882,20 @@ class Store:
             )
 
     def apply_batches(
-        self, child_code: str, self_code: str, batches: Sequence[IncomingBatch]
+        self,
+        child_code: str,
+        self_code: str,
+        batches: Sequence[IncomingBatch],
+        *,
+        screen: bool = True,
     ) -> ApplyResult:
         """Apply consecutive windows from a child and advance its checkpoint, atomically.
 
         Within each record identity (origin_node, key) the higher origin_seq wins, so
         re-delivery, overlap and arrival by another path are no-ops. A window starting
-        after the checkpoint is refused: applying it would skip changes.
+        after the checkpoint is refused: applying it would skip changes. With `screen`,
+        the rule library holds back rows that fail a blocking rule (the link leaves it
+        off when the child already applies every rule this node would).
         """
         now = _now()
         received = sum(b.rows for b in batches)
@@ -926,18 +936,22 @@ class Store:
             applied = 0
             changed: list[str] = []
             head = base
-            for name, table in incoming.items():
+            for name, rows in incoming.items():
                 entity = self.log_entities[name]
-                source = f"incoming_{name}"
+                table, source = rows, f"incoming_{name}"
                 if name in self.entities:
-                    table, source = self._screen_incoming(cur, entity, table, child_code, now)
+                    table, source, _ = self._screen_incoming(
+                        cur, entity, rows, child_code, now, screen=screen
+                    )
                 count = self._apply_entity(
                     cur, entity, table, self_code, child_code, now, head, source
                 )
-                if source.startswith("screened_"):
+                if source != f"incoming_{name}":
                     unregister_arrow(cur, source)
                 if count:
-                    head += table.num_rows
+                    # Sequence numbers are base + _ord of the rows as received (held ones
+                    # leave gaps), so the head moves past all of them.
+                    head += rows.num_rows
                     applied += count
                     changed.append(name)
             if head != base:
@@ -975,24 +989,19 @@ class Store:
         publication = self.publication()
         arrow = {source: table, **self.quality.relations()}
         with self.db.write(arrow=arrow, on_commit=publication.fire) as cur:
-            held = self.quality.screen_incoming(cur, entity, source, child, now, releasing=ids)
-            if held is None:
-                self.quality.settle_released_all(cur, ids)
-                held = np.empty(0, dtype=np.int64)
-            if len(held):
-                keep = pc.invert(pc.is_in(table.column("_ord"), pa.array(held, pa.int64())))
-                table = table.filter(keep)
-                source = f"screened_{entity.name}"
-                register_arrow(cur, source, table)
-            (base,) = cur.execute("SELECT seq FROM tongyuan.head").fetchone()  # type: ignore[misc]
+            rows = table
+            table, source, still = self._screen_incoming(
+                cur, entity, rows, child, now, releasing=ids
+            )
+            (base,) = cur.execute("SELECT seq FROM tongyuan.head").fetchall()[0]
             count = self._apply_entity(cur, entity, table, self_code, child, now, base, source)
             if count:
-                head = int(base) + table.num_rows
+                head = int(base) + rows.num_rows
                 cur.execute("UPDATE tongyuan.head SET seq = ?", [head])
                 publication.set(head, [entity.name])
-            if source.startswith("screened_"):
+            if source != f"incoming_{entity.name}":
                 unregister_arrow(cur, source)
-        return len(held)
+        return still
 
     def _screen_incoming(
         self,
@@ -1001,20 +1010,26 @@ class Store:
         table: pa.Table,
         child_code: str,
         now: datetime,
-    ) -> tuple[pa.Table, str]:
-        """A child's rows of one entity without those the rule library holds back."""
+        *,
+        screen: bool = True,
+        releasing: Sequence[str] = (),
+    ) -> tuple[pa.Table, str, int]:
+        """A child's rows of one entity without those the rule library holds back: the
+        rows, the relation to apply them from, and how many were held."""
         source = f"incoming_{entity.name}"
-        held = self.quality.screen_incoming(cur, entity, source, child_code, now)
-        if held is None:
-            return table, source
-        if len(held):
+        held = None
+        if screen or releasing:
+            held = self.quality.screen_incoming(cur, entity, source, child_code, now, releasing)
+        if held is None and releasing:
+            self.quality.settle_released_all(cur, releasing)
+        if held is not None and len(held):
             keep = pc.invert(pc.is_in(table.column("_ord"), pa.array(held, pa.int64())))
             table = table.filter(keep)
             source = f"screened_{entity.name}"
             register_arrow(cur, source, table)
-        if self.quality.has_held(cur, entity.name):
+        if not releasing and self.quality.has_held(cur, entity.name):
             self.quality.supersede_incoming(cur, entity, source, now)
-        return table, source
+        return table, source, 0 if held is None else len(held)
 
     @staticmethod
     def _apply_entity(

@@ -19,14 +19,18 @@ does not have waits until the model has it (`tongyuan quality rules show` says s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import duckdb
+
 from node.entities import COLUMN_TYPES, Entity
 from node.model.schema import Model
-from node.quality.checksums import gb11643_problem_sql, gb32100_problem_sql
+from node.quality.files import model_problem
 from node.quality.rules import Rule, RuleLayer, RuleLibrary, rule_label
+from node.store.checksums import compact_id_sql, gb11643_problem_sql, gb32100_problem_sql
 from node.store.schema import entity_table, quote
 from node.store.sources import norm_key_sql
 
@@ -84,32 +88,24 @@ class Screen:
             "WHERE len(_blocking) > 0 OR len(_warning) > 0"
         )
 
-    def one_rule(self, rule: CompiledRule) -> Screen:
-        return Screen(self.entity, (rule,))
-
 
 def applicable(library: RuleLibrary, model: Model) -> list[tuple[RuleLayer, Rule, str | None]]:
-    """Every rule with why it does not apply here (None when it does)."""
-    found: list[tuple[RuleLayer, Rule, str | None]] = []
-    for layer, rule in library.rules():
-        entity = model.entity(rule.entity)
-        why = None
-        if entity is None:
-            why = f"model {model.label()} has no entity {rule.entity}"
-        else:
-            missing = [a for a in rule.attributes if entity.attribute(a) is None]
-            if missing:
-                why = f"model {model.label()} has no attribute {rule.entity}.{missing[0]}"
-            elif rule.check == "reference" and not _relation_target(model, rule):
-                why = f"model {model.label()} has no relation {rule.param('relation')}"
-        found.append((layer, rule, why))
-    return found
+    """Every rule with why it does not apply here (None when it does): a rule is checked
+    against this node's model exactly as a rule file is (a library from the parent was
+    written against the parent's model), so a rule that does not fit waits instead of
+    failing imports."""
+    return [(layer, rule, model_problem(rule, model)) for layer, rule in library.rules()]
 
 
 def compile_screen(
-    library: RuleLibrary, model: Model, entity: Entity, fields: tuple[str, ...] | None = None
+    library: RuleLibrary,
+    model: Model,
+    entity: Entity,
+    fields: tuple[str, ...] | None = None,
+    broken: Mapping[str, str] | None = None,
 ) -> Screen | None:
-    """The entity's rules that apply to rows carrying `fields` (all attributes if None)."""
+    """The entity's rules that apply to rows carrying `fields` (all attributes if None),
+    without those `broken` names (rules that failed a trial run here)."""
     carried = set(fields if fields is not None else entity.column_names)
     compiled = []
     for layer, rule, why in applicable(library, model):
@@ -117,10 +113,31 @@ def compile_screen(
             continue
         if not set(rule.attributes) <= carried:
             continue
-        compiled.append(
-            CompiledRule(rule_label(layer, rule), rule.severity, _reason(rule, model, entity))
-        )
+        label = rule_label(layer, rule)
+        if broken and label in broken:
+            continue
+        compiled.append(CompiledRule(label, rule.severity, _reason(rule, model, entity)))
     return Screen(entity.name, tuple(compiled)) if compiled else None
+
+
+def trial_sql(entity: Entity, rule: CompiledRule) -> str:
+    """A query running one rule over no rows of the entity's table: it fails to bind
+    exactly when the rule could not run on real rows."""
+    return (
+        f"SELECT {rule.reason_sql} FROM (SELECT *, origin_seq AS _row "
+        f"FROM {entity_table(entity)} LIMIT 0) s"
+    )
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why DuckDB (RE2) cannot compile `pattern`, or None: the engine that runs a rule
+    checks its pattern, on a connection of its own."""
+    with duckdb.connect() as con:
+        try:
+            con.execute("SELECT regexp_full_match('', ?)", [pattern]).fetchall()
+        except duckdb.Error as exc:
+            return str(exc).splitlines()[0]
+    return None
 
 
 def _relation_target(model: Model, rule: Rule) -> tuple[str, str] | None:
@@ -132,7 +149,8 @@ def _relation_target(model: Model, rule: Rule) -> tuple[str, str] | None:
 
 
 def _compact_id(column: str) -> str:
-    return f"upper(regexp_replace(CAST({column} AS VARCHAR), '[\\s-]', '', 'g'))"
+    """The ID number as the GB 11643 check reads it (full-width digits, spaces, lower x)."""
+    return compact_id_sql(f"CAST({column} AS VARCHAR)")
 
 
 def _reason(rule: Rule, model: Model, entity: Entity) -> str:
@@ -210,7 +228,7 @@ def _reason(rule: Rule, model: Model, entity: Entity) -> str:
         related = _relation_target(model, rule)
         assert related is not None  # applicable() checked it
         target_entity, target_key = related
-        table = f"rows_{target_entity}"
+        table = f"tongyuan.rows_{target_entity}"
         return (
             f"CASE WHEN {v} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {table} t "
             f"WHERE t.{quote(target_key)} = {v} AND NOT t._deleted) "
@@ -225,8 +243,11 @@ def _reason(rule: Rule, model: Model, entity: Entity) -> str:
             else (f"t.{quote(rule.attribute)}")
         )
         key = quote(entity.key)
+        # Versions of one record (several windows in one group) are one record.
+        identity = f"s.origin_node || '|' || CAST(s.{key} AS VARCHAR)"
         return (
-            f"CASE WHEN {v} IS NOT NULL AND (count(*) OVER (PARTITION BY {mine}) > 1 "
+            f"CASE WHEN {v} IS NOT NULL AND (count(DISTINCT {identity}) OVER "
+            f"(PARTITION BY {mine}) > 1 "
             f"OR EXISTS (SELECT 1 FROM {entity_table(entity)} t WHERE {theirs} = {mine} "
             f"AND NOT t._deleted AND NOT (t.origin_node = s.origin_node AND t.{key} = s.{key}))) "
             f"THEN format('{{}} is not unique', {text}) END"
@@ -246,9 +267,8 @@ def _range_reason(rule: Rule, v: str, text: str, attr_type: str) -> str:
             bound = literal(value)
         bounds.append((f"{v} {op} {bound}", str(value)))
     fails = " OR ".join(b[0] for b in bounds)
-    low = rule.param("min", "")
-    high = rule.param("max", "")
+    wanted = literal(f"{rule.param('min', '')}..{rule.param('max', '')}")
     return (
         f"CASE WHEN {v} IS NOT NULL AND ({fails}) "
-        f"THEN format('{{}} is outside {low}..{high}', {text}) END"
+        f"THEN format('{{}} is outside {{}}', {text}, {wanted}) END"
     )

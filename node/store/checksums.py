@@ -64,7 +64,12 @@ import pyarrow as pa
 
 from node.divisions import division_codes
 
-__all__ = ["division_codes_table", "gb11643_problem_sql", "gb32100_problem_sql"]
+__all__ = [
+    "compact_id_sql",
+    "division_codes_table",
+    "gb11643_problem_sql",
+    "gb32100_problem_sql",
+]
 
 # The characters stdnum.util.clean maps to ASCII digits, spaces and hyphens (the other characters
 # it maps become punctuation, which is invalid here either way).
@@ -153,7 +158,7 @@ def _ascii_digits(v: str) -> str:
     )
 
 
-def _compact_id(v: str) -> str:
+def compact_id_sql(v: str) -> str:
     """SQL: stdnum's ric.compact without its upper() (only a final ``x`` matters), '' as NULL."""
     whitespace = SPACES + OTHER_WHITESPACE
     return (
@@ -195,7 +200,7 @@ def gb11643_problem_sql(column: str, divisions: str) -> str:
     ``divisions`` names a relation with a VARCHAR column ``code`` holding every GB/T 2260 code
     (`division_codes_table`).
     """
-    c = _compact_id(f"CAST({column} AS VARCHAR)")
+    c = compact_id_sql(f"CAST({column} AS VARCHAR)")
     known = f"substr({c}, 1, 6) IN (SELECT code FROM {divisions} UNION ALL SELECT '830000')"
     shape = _let(
         "p",
