@@ -17,88 +17,37 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from stores import NAMES, StoreNode, closing_all
 
-from node.catalog.operations import CatalogService
-from node.config import CONFIG_FILE, load_config, render_initial_config
-from node.divisions import tier_of
 from node.errors import UserError
-from node.model import load_base_model
 from node.quality.feedback import FeedbackService
 from node.sources.operations import SourcesService
-from node.store import IngestResult, Store
+from node.store import IngestResult
 from node.store.feedback import FEEDBACK_SCHEMA
 from node.store.sources import delivery_digest
-from node.wire import decode_batch, encode_window
 
 XUANWU, QINHUAI, NANJING, JIANGSU = "320102", "320104", "320100", "320000"
 ZHANG, LI, WANG = "320102199001011234", "32010219800101002X", "320104198505050011"
 
 
-class Node:
-    """A node directory as `tongyuan init` leaves it, with its store open."""
+def names(rows: dict[str, str]) -> list[dict[str, str]]:
+    """{id_number: name} as the rows of a file with those two columns."""
+    return [{"id_number": key, "name": name} for key, name in rows.items()]
+
+
+class Node(StoreNode):
+    """A node as in `stores` whose 公安局 publishes one resource of people (ID number and
+    name), with its feedback service at hand."""
 
     def __init__(self, base: Path, code: str, name: str) -> None:
-        directory = base / code
-        directory.mkdir()
-        (directory / CONFIG_FILE).write_text(
-            render_initial_config(code, name, "127.0.0.1:0"), encoding="utf-8"
-        )
-        self.code = code
-        self.config = load_config(directory)
-        self.store = Store.create(
-            self.config.store_path,
-            code=code,
-            name=name,
-            tier=tier_of(code).value,
-            model=load_base_model(),
-        )
-        self.catalog = CatalogService(self.config, self.store)
+        super().__init__(base, code, name)
         self.feedback = FeedbackService(self.config, self.store)
         self.resource = f"{code}-GA-001"
-        self.catalog.add(
-            [
-                {
-                    "code": self.resource,
-                    "name": "户籍人口信息",
-                    "summary": "人口",
-                    "department": "公安局",
-                    "entity": "person",
-                    "update_frequency": "daily",
-                    "sharing": "unconditional",
-                    "fields": ["id_number", "name"],
-                }
-            ],
-            "people.toml",
-            "tester",
-            publish=True,
-        )
+        self.register(self.resource, ["id_number", "name"], name="户籍人口信息")
 
-    def ingest(self, rows: dict[str, str], *, snapshot: bool = False) -> IngestResult:
+    def ingest_own(self, rows: dict[str, str], *, snapshot: bool = False) -> IngestResult:
         """Import {id_number: name} into this node's resource, as `tongyuan ingest` does."""
-        return self.store.ingest(
-            self.store.entities["person"],
-            pa.table(
-                {
-                    "id_number": pa.array(list(rows), pa.string()),
-                    "name": pa.array(list(rows.values()), pa.string()),
-                }
-            ),
-            file_label="people.csv",
-            locate=lambda i: f"row {i + 2}",
-            origin_node=self.code,
-            department="公安局",
-            snapshot=snapshot,
-            resource=self.resource,
-            columns=["id_number", "name"],
-        )
-
-    def pull(self, child: Node) -> None:
-        """Apply everything `child` logged since the last pull, as a link does."""
-        link = self.store.link(child.code)
-        after = link.checkpoint if link is not None else 0
-        window = child.store.read_window(after, 10_000)
-        batch = decode_batch(encode_window(window), self.store.log_entities, child.code)
-        self.store.apply_batches(child.code, self.code, [batch])
+        return self.ingest(self.resource, names(rows), snapshot=snapshot)
 
     def deliver(self, child: Node) -> pa.Table:
         """Send the child its feedback set, as the link does (the wire's schema)."""
@@ -111,42 +60,15 @@ class Node:
         resource names `source`'s 公安局 as the authoritative source), as an observer."""
         code = f"{self.code}-RS-001"
         if self.catalog.tables.own_entry(code) is None:
-            self.catalog.add(
-                [
-                    {
-                        "code": code,
-                        "name": "参保人员信息",
-                        "summary": "人口",
-                        "department": "人社局",
-                        "entity": "person",
-                        "update_frequency": "daily",
-                        "sharing": "unconditional",
-                        "fields": ["id_number", "name"],
-                        "source_node": source.code,
-                        "source_department": "公安局",
-                    }
-                ],
-                "people.toml",
-                "tester",
-                publish=True,
+            self.register(
+                code,
+                ["id_number", "name"],
+                department="人社局",
+                name="参保人员信息",
+                source_node=source.code,
+                source_department="公安局",
             )
-        return self.store.ingest(
-            self.store.entities["person"],
-            pa.table(
-                {
-                    "id_number": pa.array(list(rows), pa.string()),
-                    "name": pa.array(list(rows.values()), pa.string()),
-                }
-            ),
-            file_label="people.csv",
-            locate=lambda i: f"row {i + 2}",
-            origin_node=self.code,
-            department="人社局",
-            snapshot=False,
-            resource=code,
-            columns=["id_number", "name"],
-            observing=(source.code, "公安局"),
-        )
+        return self.ingest(code, names(rows))
 
     def deliver_discrepancies(self, child: Node) -> None:
         digest, table = self.store.sources.downward_set(child.code)
@@ -163,20 +85,8 @@ class Node:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
-    opened = {
-        code: Node(tmp_path, code, name)
-        for code, name in (
-            (XUANWU, "玄武区"),
-            (QINHUAI, "秦淮区"),
-            (NANJING, "南京市"),
-            (JIANGSU, "江苏省"),
-        )
-    }
-    try:
-        yield opened
-    finally:
-        for node in opened.values():
-            node.store.close()
+    opened = {code: Node(tmp_path, code, name) for code, name in NAMES.items()}
+    yield from closing_all(opened)
 
 
 def sync_up(nodes: dict[str, Node]) -> None:
@@ -201,7 +111,7 @@ def test_an_objection_goes_down_is_acknowledged_and_a_correction_closes_it_every
     nodes: dict[str, Node],
 ) -> None:
     county, province = nodes[XUANWU], nodes[JIANGSU]
-    first = county.ingest({ZHANG: "张三", LI: "李四"})
+    first = county.ingest_own({ZHANG: "张三", LI: "李四"})
     assert first.first_seq is not None
     sync_up(nodes)
 
@@ -265,7 +175,7 @@ def test_an_objection_goes_down_is_acknowledged_and_a_correction_closes_it_every
     }
 
     # The county corrects the record by importing it again: closed at every tier.
-    fixed = county.ingest({ZHANG: "张三", LI: "李思"})
+    fixed = county.ingest_own({ZHANG: "张三", LI: "李思"})
     assert fixed.updated == 1
     assert county.item(item["id"])["state"] == "corrected"
     assert province.item(item["id"])["state"] == "acknowledged", "not arrived yet"
@@ -297,7 +207,7 @@ def test_confirmed_correct_and_rejected_close_items_and_a_delete_corrects(
     nodes: dict[str, Node],
 ) -> None:
     county, city = nodes[XUANWU], nodes[NANJING]
-    county.ingest({ZHANG: "张三", LI: "李四"})
+    county.ingest_own({ZHANG: "张三", LI: "李四"})
     sync_up(nodes)
     on_zhang = city.feedback.raise_objection(county.resource, ZHANG, "疑似重复", actor="a")
     on_li = city.feedback.raise_objection(county.resource, LI, "姓名有误", actor="a")
@@ -314,7 +224,7 @@ def test_confirmed_correct_and_rejected_close_items_and_a_delete_corrects(
 
     # A new objection on Li Si's record; the county deletes the record: corrected too.
     again = city.feedback.raise_objection(county.resource, LI, "已迁出", actor="a")
-    county.ingest({ZHANG: "张三"}, snapshot=True)
+    county.ingest_own({ZHANG: "张三"}, snapshot=True)
     sync_up(nodes)
     seen = city.item(again["id"])
     assert (seen["state"], seen["corrected_by_delete"]) == ("corrected", True)
@@ -325,7 +235,7 @@ def test_open_items_older_than_the_limit_are_overdue(
     nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     county, city = nodes[XUANWU], nodes[NANJING]
-    county.ingest({ZHANG: "张三", LI: "李四"})
+    county.ingest_own({ZHANG: "张三", LI: "李四"})
     sync_up(nodes)
     waiting = city.feedback.raise_objection(county.resource, ZHANG, "r", actor="a")
     answered = city.feedback.raise_objection(county.resource, LI, "r", actor="a")
@@ -361,8 +271,8 @@ def test_items_go_down_only_to_the_owners_branch_and_a_delivery_replaces_the_las
     nodes: dict[str, Node],
 ) -> None:
     xuanwu, qinhuai, city, province = (nodes[c] for c in (XUANWU, QINHUAI, NANJING, JIANGSU))
-    zhang = xuanwu.ingest({ZHANG: "张三"})
-    qinhuai.ingest({WANG: "王五"})
+    zhang = xuanwu.ingest_own({ZHANG: "张三"})
+    qinhuai.ingest_own({WANG: "王五"})
     sync_up(nodes)
     on_xuanwu = province.feedback.raise_objection(xuanwu.resource, ZHANG, "r1", actor="p")
     on_qinhuai = province.feedback.raise_objection(qinhuai.resource, WANG, "r2", actor="p")
@@ -447,7 +357,7 @@ def test_only_the_owner_answers_and_bad_objections_write_nothing(
     nodes: dict[str, Node],
 ) -> None:
     county, city, province = nodes[XUANWU], nodes[NANJING], nodes[JIANGSU]
-    county.ingest({ZHANG: "张三"})
+    county.ingest_own({ZHANG: "张三"})
     sync_up(nodes)
     item = province.feedback.raise_objection(county.resource, ZHANG, "r", actor="p")
     province.deliver(city)
@@ -490,7 +400,7 @@ def test_a_discrepancy_is_an_item_owned_by_the_source_and_answered_as_a_discrepa
     nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, observer, city = nodes[XUANWU], nodes[QINHUAI], nodes[NANJING]
-    source.ingest({ZHANG: "张三", LI: "李四"})
+    source.ingest_own({ZHANG: "张三", LI: "李四"})
     observer.observe(source, {ZHANG: "张山", LI: "李四"})
     sync_up(nodes)
 
@@ -563,7 +473,7 @@ def test_a_discrepancy_is_an_item_owned_by_the_source_and_answered_as_a_discrepa
     assert city.item(item["id"])["state"] == "open", "the confirmation stays at the source"
 
     # The source takes the observed name after all: the cross-check above closes it.
-    source.ingest({ZHANG: "张山", LI: "李四"})
+    source.ingest_own({ZHANG: "张山", LI: "李四"})
     sync_up(nodes)
     corrected = city.item(item["id"])
     assert (corrected["state"], corrected["closed"], corrected["corrected_by_delete"]) == (
@@ -581,7 +491,7 @@ def test_an_objection_to_a_record_owned_outside_the_subtree_is_refused(
     nodes: dict[str, Node],
 ) -> None:
     source, observer = nodes[XUANWU], nodes[QINHUAI]
-    source.ingest({ZHANG: "张三"})
+    source.ingest_own({ZHANG: "张三"})
     # 秦淮's copy of 玄武's people: the records' owner is 玄武, beside 秦淮, not below it.
     observer.observe(source, {ZHANG: "张三"})
     generation = observer.store.feedback.generation
@@ -599,7 +509,7 @@ def test_an_objection_to_a_record_owned_outside_the_subtree_is_refused(
 
 def test_the_status_page_reads_at_most_the_oldest_open_items(nodes: dict[str, Node]) -> None:
     county, city = nodes[XUANWU], nodes[NANJING]
-    county.ingest({ZHANG: "张三", LI: "李四", "320102200001011111": "赵六"})
+    county.ingest_own({ZHANG: "张三", LI: "李四", "320102200001011111": "赵六"})
     sync_up(nodes)
     raised = [
         city.feedback.raise_objection(county.resource, key, f"r{n}", actor="a")

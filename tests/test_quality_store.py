@@ -16,18 +16,16 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from stdnum.cn import ric
+from stores import StoreNode, closing_all
 
-from node.catalog.operations import CatalogService
-from node.config import CONFIG_FILE, load_config, render_initial_config
 from node.demo_data import fake_legal_entities, uscc_check_char
-from node.divisions import tier_of
 from node.errors import UserError
 from node.model import load_base_model
 from node.model.files import ModelFileError
 from node.quality.files import check_library_json, load_rules
 from node.quality.operations import QualityService
 from node.quality.report import QualityReporter
-from node.store import IngestResult, Store
+from node.store import IngestResult
 from node.wire import decode_batch, encode_window
 
 XUANWU, NANJING, JIANGSU = "320102", "320100", "320000"
@@ -45,67 +43,21 @@ def wrong_check(number: str) -> str:
     return number[:-1] + ("0" if number[-1] != "0" else "1")
 
 
-class Node:
-    """A node directory as `tongyuan init` leaves it, with its store open."""
+class Node(StoreNode):
+    """A node as in `stores` (named by its code) whose 公安局 publishes one resource of
+    people, with its quality service at hand."""
 
     def __init__(self, base: Path, code: str) -> None:
-        directory = base / code
-        directory.mkdir()
-        (directory / CONFIG_FILE).write_text(
-            render_initial_config(code, code, "127.0.0.1:0"), encoding="utf-8"
-        )
-        self.code = code
-        self.config = load_config(directory)
-        self.store = Store.create(
-            self.config.store_path,
-            code=code,
-            name=code,
-            tier=tier_of(code).value,
-            model=load_base_model(),
-        )
-        self.catalog = CatalogService(self.config, self.store)
+        super().__init__(base, code, code)
         self.quality = QualityService(
             self.config, self.store, QualityReporter(self.config, self.store)
         )
         self.resource = f"{code}-GA-001"
-        self.catalog.add(
-            [
-                {
-                    "code": self.resource,
-                    "name": "户籍人口",
-                    "summary": "人口",
-                    "department": "公安局",
-                    "entity": "person",
-                    "update_frequency": "daily",
-                    "sharing": "unconditional",
-                    "fields": FIELDS,
-                }
-            ],
-            "people.toml",
-            "tester",
-            publish=True,
-        )
+        self.register(self.resource, FIELDS, name="户籍人口")
 
-    def ingest(self, rows: list[dict[str, str]], *, snapshot: bool = False) -> IngestResult:
-        return self.store.ingest(
-            self.store.entities["person"],
-            pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in FIELDS}),
-            file_label="people.csv",
-            locate=lambda i: f"line {i + 2}",
-            origin_node=self.code,
-            department="公安局",
-            snapshot=snapshot,
-            resource=self.resource,
-            columns=FIELDS,
-        )
-
-    def pull(self, child: Node) -> None:
-        """Apply everything `child` logged since the last pull, as a link does."""
-        link = self.store.link(child.code)
-        after = link.checkpoint if link is not None else 0
-        window = child.store.read_window(after, 10_000)
-        batch = decode_batch(encode_window(window), self.store.log_entities, child.code)
-        self.store.apply_batches(child.code, self.code, [batch])
+    def ingest_own(self, rows: list[dict[str, str]], *, snapshot: bool = False) -> IngestResult:
+        """Import rows into this node's resource; they sit at "line <i + 2>" of the file."""
+        return self.ingest(self.resource, rows, snapshot=snapshot, position="line")
 
     def deliver_rules(self, child: Node) -> None:
         """The parent's library reaches the child, as a link delivers it."""
@@ -113,10 +65,10 @@ class Node:
         child.store.quality.receive_library(self.code, library, digest)
 
     def people(self) -> dict[str, dict[str, Any]]:
-        rows = self.store.query(
+        rows = self.rows(
             "SELECT id_number, name, sex, birth_date, origin_node FROM tongyuan.rows_person "
             "WHERE NOT _deleted"
-        ).to_pylist()
+        )
         return {r["id_number"]: r for r in rows}
 
     def held(self) -> list[dict[str, Any]]:
@@ -126,11 +78,7 @@ class Node:
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
     opened = {code: Node(tmp_path, code) for code in (XUANWU, NANJING, JIANGSU)}
-    try:
-        yield opened
-    finally:
-        for node in opened.values():
-            node.store.close()
+    yield from closing_all(opened)
 
 
 def person(number: str, name: str, sex: str, born: str) -> dict[str, str]:
@@ -254,7 +202,7 @@ def test_an_import_holds_bad_rows_with_rule_and_reason_and_applies_the_rest(
         person(GOOD_3, "钱七", "2", "1970-03-01"),  # sex disagrees with the ID: a warning
         person(BAD_DIVISION, "孙八", "1", "1980-01-01"),
     ]
-    result = county.ingest(rows)
+    result = county.ingest_own(rows)
     assert (result.inserted, result.quarantined, result.flagged) == (3, 3, 1)
     assert result.held_by_rule == (
         ("person.id_number.gb11643 (320102)", 2),
@@ -282,7 +230,7 @@ def test_an_import_holds_bad_rows_with_rule_and_reason_and_applies_the_rest(
     assert flags == [{"record_key": GOOD_3, "rule": "person.sex.agrees (320102)"}]
 
     # A snapshot of the same file does not delete the records whose rows wait in quarantine.
-    again = county.ingest(rows, snapshot=True)
+    again = county.ingest_own(rows, snapshot=True)
     assert (again.deleted, again.quarantined) == (0, 3)
 
 
@@ -294,7 +242,7 @@ def test_release_re_validates_and_drop_gives_up(nodes: dict[str, Node], tmp_path
         'check = "length"\nmax = 2\n',
     )
     county.quality.rules_local(path=str(local), actor="tester")
-    county.ingest(
+    county.ingest_own(
         [
             person(GOOD_1, "张三", "1", "1990-01-01"),
             person(GOOD_2, "欧阳娜娜", "2", "1985-06-15"),
@@ -336,7 +284,7 @@ def test_a_parent_holds_a_childs_bad_rows_and_a_correction_supersedes_them(
 ) -> None:
     county, city = nodes[XUANWU], nodes[NANJING]
     # The county has no rules yet; the city does.
-    county.ingest(
+    county.ingest_own(
         [person(GOOD_1, "张三", "1", "1990-01-01"), person(BAD_CHECK, "李四", "2", "1980-01-01")]
     )
     city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
@@ -367,7 +315,7 @@ def test_a_parent_holds_a_childs_bad_rows_and_a_correction_supersedes_them(
         }
     ]
     # The county deletes the bad record (a correction): the held version is superseded.
-    county.ingest([person(GOOD_1, "张三", "1", "1990-01-01")], snapshot=True)
+    county.ingest_own([person(GOOD_1, "张三", "1", "1990-01-01")], snapshot=True)
     city.pull(county)
     assert city.held() == []
     (settled,) = city.quality.quarantine_list(state="all")["rows"]
@@ -397,7 +345,7 @@ def test_libraries_pass_down_in_layers_and_local_rules_stay(
         "jiangsu 1.0.0 (local)",
     ]
     # Importing without the phone column: that rule would not apply anyway.
-    result = county.ingest([person(BAD_CHECK, "李四", "2", "1980-01-01")])
+    result = county.ingest_own([person(BAD_CHECK, "李四", "2", "1980-01-01")])
     assert result.held_by_rule == (("person.id_number.gb11643 (320000)", 1),)
     # The same file again with a changed version of the library: the digest moves on.
     before = county.store.quality.received_digest(NANJING)
@@ -424,7 +372,7 @@ def test_a_held_row_mid_batch_loses_nothing_two_tiers_up(nodes: dict[str, Node])
     follows (another entity, a later batch) reaches the province whole."""
     county, city, province = nodes[XUANWU], nodes[NANJING], nodes[JIANGSU]
     city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
-    county.ingest(
+    county.ingest_own(
         [
             person(BAD_CHECK, "李四", "2", "1980-01-01"),
             person(GOOD_1, "张三", "1", "1990-01-01"),
@@ -443,7 +391,7 @@ def test_a_held_row_mid_batch_loses_nothing_two_tiers_up(nodes: dict[str, Node])
         snapshot=False,
         columns=["unit_code", "floors"],
     )
-    county.ingest([person(GOOD_3, "钱七", "1", "1970-03-01")])
+    county.ingest_own([person(GOOD_3, "钱七", "1", "1970-03-01")])
     city.pull(county)
     province.pull(city)
     assert set(province.people()) == {GOOD_1, GOOD_2, GOOD_3}
@@ -469,11 +417,11 @@ def test_a_row_delivered_again_is_held_once_and_versions_of_one_record_are_not_d
     custom = county.config.directory / "rules.toml"
     custom.write_text(unique, encoding="utf-8")
     city.quality.rules_publish(path=str(custom), actor="tester")
-    county.ingest(
+    county.ingest_own(
         [person(BAD_CHECK, "李四", "2", "1980-01-01"), person(GOOD_1, "张三", "1", "1990-01-01")]
     )
     first = county.store.read_window(0, 10_000)
-    county.ingest(
+    county.ingest_own(
         [person(GOOD_1, "张三", "1", "1990-01-01"), person(GOOD_2, "王五", "2", "1985-06-15")]
     )
     second = county.store.read_window(first.last_seq, 10_000)
@@ -493,7 +441,7 @@ def test_a_row_delivered_again_is_held_once_and_versions_of_one_record_are_not_d
 def test_reference_rules_run_and_flag_an_unknown_person(nodes: dict[str, Node]) -> None:
     county = nodes[XUANWU]
     county.quality.rules_publish(path=str(BASE_RULES), actor="tester")
-    county.ingest([person(GOOD_1, "张三", "1", "1990-01-01")])
+    county.ingest_own([person(GOOD_1, "张三", "1", "1990-01-01")])
     known, unknown = GOOD_1, GOOD_2
     credit = [fake_legal_entities(XUANWU, 2).column("uscc").to_pylist()[i][:17] for i in (0, 1)]
     result = county.store.ingest(
@@ -540,7 +488,7 @@ def test_another_departments_import_leaves_a_held_row_waiting(
         ),
         actor="tester",
     )
-    county.ingest([person(GOOD_1, "欧阳娜娜", "1", "1990-01-01")])
+    county.ingest_own([person(GOOD_1, "欧阳娜娜", "1", "1990-01-01")])
     county.catalog.add(
         [
             {
@@ -600,7 +548,7 @@ def test_a_delivered_rule_that_does_not_fit_this_model_waits(nodes: dict[str, No
     rules = {r["id"]: r for r in county.quality.rules_show()["rules"]}
     assert rules["ok"]["applies"] and not rules["odd"]["applies"]
     assert "a range needs a number or date attribute" in rules["odd"]["waiting_because"]
-    assert county.ingest([person(GOOD_1, "张三", "1", "1990-01-01")]).inserted == 1
+    assert county.ingest_own([person(GOOD_1, "张三", "1", "1990-01-01")]).inserted == 1
     # Infinite bounds, a layer claiming to be the county's own, a non-JSON body: refused.
     for bad, message in [
         (library.replace('"min": 5', '"min": Infinity'), "min must be a number"),

@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from stores import NAMES, StoreNode, closing_all
 
-from node.catalog.operations import CatalogService
-from node.config import CONFIG_FILE, load_config, render_initial_config
 from node.divisions import tier_of
 from node.errors import UserError
-from node.model import load_base_model
 from node.quality.operations import QualityService
 from node.quality.report import (
     WEIGHTS,
@@ -37,7 +34,6 @@ from node.quality.report import (
     timeliness,
 )
 from node.quality.report_commands import report_command, report_csv
-from node.store import Store
 from node.store.scores import normalised_key_sql
 from node.store.sources import norm_key_sql
 
@@ -48,68 +44,12 @@ LOWER_X, UPPER_X = "11010519491231002x", "11010519491231002X"
 LI, WANG = "320102199001011234", "320102198001010012"
 
 
-class Node:
-    """A node directory as `tongyuan init` leaves it, with its store open."""
+class Node(StoreNode):
+    """A node as in `stores`, with its quality reporter (never caching) at hand."""
 
     def __init__(self, base: Path, code: str, name: str) -> None:
-        self.directory = base / code
-        self.directory.mkdir()
-        (self.directory / CONFIG_FILE).write_text(
-            render_initial_config(code, name, "127.0.0.1:0"), encoding="utf-8"
-        )
-        self.code = code
-        self.config = load_config(self.directory)
-        self.store = Store.create(
-            self.config.store_path,
-            code=code,
-            name=name,
-            tier=tier_of(code).value,
-            model=load_base_model(),
-        )
-        self.catalog = CatalogService(self.config, self.store)
+        super().__init__(base, code, name)
         self.reporter = QualityReporter(self.config, self.store, max_age=0)
-
-    def register(
-        self,
-        code: str,
-        fields: list[str] | None = None,
-        department: str = "公安局",
-        frequency: str = "daily",
-        entity: str = "person",
-        **source: str,
-    ) -> None:
-        entry = {
-            "code": code,
-            "name": f"{department}人口信息",
-            "summary": "人口",
-            "department": department,
-            "entity": entity,
-            "update_frequency": frequency,
-            "sharing": "unconditional",
-            "fields": fields or FIELDS,
-            **source,
-        }
-        self.catalog.add([entry], "people.toml", "tester", publish=True)
-
-    def ingest(self, resource: str, rows: list[dict[str, str]]) -> None:
-        entry = self.catalog.tables.own_entry(resource)
-        assert entry is not None
-        columns = [f.name for f in entry.fields]
-        observing = None
-        if not self.catalog.is_authoritative(entry):
-            observing = (entry.source_node, entry.source_department)
-        self.store.ingest(
-            self.store.entities["person"],
-            pa.table({c: pa.array([r.get(c, "") for r in rows], pa.string()) for c in columns}),
-            file_label="people.csv",
-            locate=lambda i: f"row {i + 2}",
-            origin_node=self.code,
-            department=entry.department,
-            snapshot=False,
-            resource=resource,
-            columns=columns,
-            observing=observing,
-        )
 
     def children(self, *codes: str) -> None:
         self.store.catalog.record_children((c, c, tier_of(c).value) for c in codes)
@@ -133,21 +73,8 @@ class Node:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
-    opened = {
-        code: Node(tmp_path, code, name)
-        for code, name in (
-            (XUANWU, "玄武区"),
-            (QINHUAI, "秦淮区"),
-            (NANJING, "南京市"),
-            (JIANGSU, "江苏省"),
-        )
-    }
-    try:
-        yield opened
-    finally:
-        for node in opened.values():
-            if not node.store.db.closed:
-                node.store.close()
+    opened = {code: Node(tmp_path, code, name) for code, name in NAMES.items()}
+    yield from closing_all(opened)
 
 
 def person(id_number: str, name: str, sex: str = "", phone: str = "") -> dict[str, str]:
@@ -160,7 +87,7 @@ GA = f"{XUANWU}-GA-001"
 def gappy_resource(node: Node) -> None:
     """Four records of 公安局 at 玄武区 with three blank cells (of twelve), one key twice
     in its normalised form, one held row, one warning, one open discrepancy."""
-    node.register(GA)
+    node.register(GA, FIELDS)
     node.ingest(
         GA,
         [
@@ -290,7 +217,7 @@ def test_validity_counts_what_the_rule_library_holds_back_and_flags(
     QualityService(county.config, county.store, county.reporter).rules_local(
         path=str(rules), actor="tester"
     )
-    county.register(GA)
+    county.register(GA, FIELDS)
     county.ingest(
         GA,
         [
@@ -308,7 +235,7 @@ def test_a_resource_without_records_has_no_data_rather_than_a_score(
     nodes: dict[str, Node],
 ) -> None:
     county = nodes[XUANWU]
-    county.register(GA)
+    county.register(GA, FIELDS)
     m = county.measures()[GA]
     assert m["records"] == 0
     for name in ("completeness", "validity", "uniqueness", "consistency"):
@@ -324,7 +251,7 @@ def test_a_resource_without_records_has_no_data_rather_than_a_score(
 
 def test_held_rows_alone_still_lower_validity(nodes: dict[str, Node]) -> None:
     county = nodes[XUANWU]
-    county.register(GA)
+    county.register(GA, FIELDS)
     with county.store.db.write() as cur:
         cur.execute(
             "INSERT INTO tongyuan.quarantine VALUES ('q1', 'person', ?, ?, '公安局', NULL, ?, "
@@ -420,7 +347,7 @@ def test_the_report_states_its_weights_and_its_digest_ignores_the_time(
 
 def test_documents_are_cached_for_a_moment(nodes: dict[str, Node]) -> None:
     county = nodes[XUANWU]
-    county.register(GA)
+    county.register(GA, FIELDS)
     reporter = QualityReporter(county.config, county.store, max_age=60)
     assert reporter.latest() is None
     text, digest = reporter.document()
@@ -439,7 +366,7 @@ def two_counties(nodes: dict[str, Node]) -> None:
     pulls the city."""
     gappy_resource(nodes[XUANWU])
     qinhuai = nodes[QINHUAI]
-    qinhuai.register(f"{QINHUAI}-GA-001")
+    qinhuai.register(f"{QINHUAI}-GA-001", FIELDS)
     qinhuai.register(
         f"{QINHUAI}-MZ-001", ["uscc", "name"], department="民政局", entity="legal_entity"
     )
@@ -503,7 +430,7 @@ def test_the_province_lists_each_county_side_by_side_and_rolled_up(
 def test_a_child_not_yet_reported_is_pending(nodes: dict[str, Node]) -> None:
     city = nodes[NANJING]
     city.children(XUANWU, QINHUAI)
-    nodes[XUANWU].register(GA)
+    nodes[XUANWU].register(GA, FIELDS)
     city.pull_report(nodes[XUANWU])
     doc = city.reporter.report()
     assert [c["code"] for c in doc["children"]] == [XUANWU]
@@ -516,7 +443,7 @@ def test_a_child_not_yet_reported_is_pending(nodes: dict[str, Node]) -> None:
 
 def test_an_unchanged_report_is_not_stored_again(nodes: dict[str, Node]) -> None:
     county, city = nodes[XUANWU], nodes[NANJING]
-    county.register(GA)
+    county.register(GA, FIELDS)
     city.children(XUANWU)
     city.pull_report(county)
     digest = city.store.scores.child_report_digest(XUANWU)
@@ -550,7 +477,7 @@ def test_flatten_lists_nodes_in_tree_order(nodes: dict[str, Node]) -> None:
 
 
 def county_report(nodes: dict[str, Node]) -> dict[str, Any]:
-    nodes[XUANWU].register(GA)
+    nodes[XUANWU].register(GA, FIELDS)
     nodes[XUANWU].ingest(GA, [person(LI, "李四")])
     return dict(json.loads(nodes[XUANWU].reporter.document()[0]))
 

@@ -14,14 +14,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
+from stores import NAMES, StoreNode, closing_all
 
-from node.catalog.operations import CatalogService
-from node.config import CONFIG_FILE, load_config, render_initial_config
-from node.divisions import tier_of
-from node.model import load_base_model
-from node.store import IngestResult, Store
 from node.store.sources import delivery_digest, norm_key_sql
-from node.wire import decode_batch, encode_window
 
 GULOU, QINHUAI, NANJING, JIANGSU = "320102", "320104", "320100", "320000"
 SOURCE = f"{GULOU}-GA-001"  # 公安局 at 320102: the source of person's attributes
@@ -57,73 +52,8 @@ def test_keys_are_matched_in_a_normalised_form(typed: str, normalised: str) -> N
 # ----- nodes ---------------------------------------------------------------------------
 
 
-class Node:
-    """A node directory as `tongyuan init` leaves it, with its store open."""
-
-    def __init__(self, base: Path, code: str, name: str) -> None:
-        directory = base / code
-        directory.mkdir()
-        (directory / CONFIG_FILE).write_text(
-            render_initial_config(code, name, "127.0.0.1:0"), encoding="utf-8"
-        )
-        self.code = code
-        self.config = load_config(directory)
-        self.store = Store.create(
-            self.config.store_path,
-            code=code,
-            name=name,
-            tier=tier_of(code).value,
-            model=load_base_model(),
-        )
-        self.catalog = CatalogService(self.config, self.store)
-
-    def register(self, code: str, department: str, fields: list[str], **source: str) -> None:
-        entry = {
-            "code": code,
-            "name": f"{department}人口信息",
-            "summary": "人口",
-            "department": department,
-            "entity": "person",
-            "update_frequency": "daily",
-            "sharing": "unconditional",
-            "fields": fields,
-            **source,
-        }
-        self.catalog.add([entry], "people.toml", "tester", publish=True)
-
-    def ingest(
-        self, resource: str, rows: list[dict[str, str]], *, snapshot: bool = False
-    ) -> IngestResult:
-        """Import rows into one of this node's resources, as `tongyuan ingest` does."""
-        entry = self.catalog.tables.own_entry(resource)
-        assert entry is not None
-        columns = [f.name for f in entry.fields]
-        observing = None
-        if not self.catalog.is_authoritative(entry):
-            observing = (entry.source_node, entry.source_department)
-        return self.store.ingest(
-            self.store.entities["person"],
-            pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in columns}),
-            file_label="people.csv",
-            locate=lambda i: f"row {i + 2}",
-            origin_node=self.code,
-            department=entry.department,
-            snapshot=snapshot,
-            resource=resource,
-            columns=columns,
-            observing=observing,
-        )
-
-    def pull(self, child: Node) -> None:
-        """Apply everything `child` logged since the last pull, as a link does."""
-        link = self.store.link(child.code)
-        after = link.checkpoint if link is not None else 0
-        window = child.store.read_window(after, 10_000)
-        batch = decode_batch(encode_window(window), self.store.log_entities, child.code)
-        self.store.apply_batches(child.code, self.code, [batch])
-
-    def rows(self, sql: str) -> list[dict[str, Any]]:
-        return list(self.store.query(sql).to_pylist())
+class Node(StoreNode):
+    """A node as in `stores`, with the discrepancies it holds at hand."""
 
     def discrepancies(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every discrepancy this node holds, open or not, by (source key, attribute)."""
@@ -133,28 +63,16 @@ class Node:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
-    opened = {
-        code: Node(tmp_path, code, name)
-        for code, name in (
-            (GULOU, "玄武区"),
-            (QINHUAI, "秦淮区"),
-            (NANJING, "南京市"),
-            (JIANGSU, "江苏省"),
-        )
-    }
-    opened[GULOU].register(SOURCE, "公安局", ["id_number", "name", "sex"])
+    opened = {code: Node(tmp_path, code, name) for code, name in NAMES.items()}
+    opened[GULOU].register(SOURCE, ["id_number", "name", "sex"], department="公安局")
     opened[QINHUAI].register(
         OBSERVER,
-        "人社局",
         ["id_number", "name", "sex"],
+        department="人社局",
         source_node=GULOU,
         source_department="公安局",
     )
-    try:
-        yield opened
-    finally:
-        for node in opened.values():
-            node.store.close()
+    yield from closing_all(opened)
 
 
 def person(id_number: str, name: str, sex: str) -> dict[str, str]:

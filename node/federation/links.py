@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pyarrow as pa
 
 from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
@@ -368,10 +369,25 @@ class ChildLink:
 
     def _send_discrepancies(self, child_digest: str | None) -> None:
         digest, table = self._store.sources.downward_set(self.child.code)
+        self._send_set(
+            "discrepancies", child_digest, digest, table, self._stub.DeliverDiscrepancies,
+            pb.DiscrepancyDelivery,
+        )  # fmt: skip
+
+    def _send_set(
+        self,
+        what: str,
+        child_digest: str | None,
+        digest: str,
+        table: pa.Table,
+        deliver: Callable[..., Any],
+        message: Callable[..., Any],
+    ) -> None:
+        """Deliver a set about the child's subtree as Arrow IPC, unless it holds it already."""
         if digest == child_digest:
             return
-        self._stub.DeliverDiscrepancies(
-            pb.DiscrepancyDelivery(
+        deliver(
+            message(
                 parent_code=self._config.code,
                 arrow_ipc=encode_table(table),
                 rows=table.num_rows,
@@ -380,9 +396,10 @@ class ChildLink:
             timeout=10,
         )
         log.info(
-            "child %s: delivered %d discrepancies about its subtree",
+            "child %s: delivered %d %s about its subtree",
             self.child.code,
             table.num_rows,
+            what,
             extra=self._log,
         )
 
@@ -401,23 +418,10 @@ class ChildLink:
 
     def _send_feedback(self, child_digest: str | None) -> None:
         digest, table = self._store.feedback.downward_set(self.child.code)
-        if digest == child_digest:
-            return
-        self._stub.DeliverFeedback(
-            pb.FeedbackDelivery(
-                parent_code=self._config.code,
-                arrow_ipc=encode_table(table),
-                rows=table.num_rows,
-                digest=digest,
-            ),
-            timeout=10,
-        )
-        log.info(
-            "child %s: delivered %d feedback items about its subtree",
-            self.child.code,
-            table.num_rows,
-            extra=self._log,
-        )
+        self._send_set(
+            "feedback items", child_digest, digest, table, self._stub.DeliverFeedback,
+            pb.FeedbackDelivery,
+        )  # fmt: skip
 
     @staticmethod
     def _receive(call: Any, received: queue.Queue[Any], done: threading.Event) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pyarrow as pa
@@ -215,34 +215,53 @@ class FederationServicer(pb_grpc.FederationServicer):
         self, request: pb.DiscrepancyDelivery, context: grpc.ServicerContext
     ) -> pb.DiscrepancyReceipt:
         """Take the parent's discrepancies about this node's subtree (they replace its last set)."""
+        table = self._receive_set(
+            request, context, DISCREPANCY_SCHEMA, "source_node", "discrepancies",
+            self._store.sources.received_digest, self._store.sources.replace_received,
+        )  # fmt: skip
+        return pb.DiscrepancyReceipt(digest=request.digest, rows=table.num_rows)
+
+    def _receive_set(
+        self,
+        request: pb.DiscrepancyDelivery | pb.FeedbackDelivery,
+        context: grpc.ServicerContext,
+        schema: pa.Schema,
+        owner_column: str,
+        what: str,
+        received_digest: Callable[[str], str],
+        replace_received: Callable[[str, pa.Table, str], None],
+    ) -> pa.Table:
+        """A set about this node's subtree from the parent, as Arrow IPC: refused unless it
+        decodes, matches its digest and speaks only of this node and the nodes below."""
         parent = request.parent_code
         self._check_above(parent, context)
         try:
-            table = decode_table(request.arrow_ipc).cast(DISCREPANCY_SCHEMA)
+            table = decode_table(request.arrow_ipc).cast(schema)
         except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"discrepancy delivery: {exc}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} delivery: {exc}")
         if delivery_digest_of(table) != request.digest:
-            context.abort(grpc.StatusCode.DATA_LOSS, "discrepancies do not match their digest")
+            context.abort(grpc.StatusCode.DATA_LOSS, f"{what} do not match their digest")
         outside = [
             s
-            for s in table.column("source_node").to_pylist()
+            for s in table.column(owner_column).to_pylist()
             if not (isinstance(s, str) and _within(s, self._config.code))
         ]
         if outside:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"discrepancy about node {outside[0]}, which is not node {self._config.code} or "
+                f"{what} about node {outside[0]}, which is not node {self._config.code} or "
                 "below it",
             )
-        if self._store.sources.received_digest(parent) != request.digest:
-            self._store.sources.replace_received(parent, table, request.digest)
+        if received_digest(parent) != request.digest:
+            replace_received(parent, table, request.digest)
             log.info(
-                "received %d discrepancies from parent %s",
+                "received %d %s from parent %s",
                 table.num_rows,
+                what,
                 parent,
                 extra={"parent": parent},
             )
-        return pb.DiscrepancyReceipt(digest=request.digest, rows=table.num_rows)
+        return table
 
     def DeliverRules(
         self, request: pb.RulesDelivery, context: grpc.ServicerContext
@@ -263,38 +282,17 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.FeedbackReceipt:
         """Take the parent's feedback items about this node's subtree (they replace its last
         set)."""
-        parent = request.parent_code
-        self._check_above(parent, context)
-        try:
-            table = decode_table(request.arrow_ipc).cast(FEEDBACK_SCHEMA)
-        except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"feedback delivery: {exc}")
-        if delivery_digest_of(table) != request.digest:
-            context.abort(grpc.StatusCode.DATA_LOSS, "feedback items do not match their digest")
-        outside = [
-            s
-            for s in table.column("owner_node").to_pylist()
-            if not (isinstance(s, str) and _within(s, self._config.code))
-        ]
-        if outside:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"feedback item about node {outside[0]}'s record, which is not node "
-                f"{self._config.code} or below it",
-            )
-        if self._store.feedback.received_digest(parent) != request.digest:
-            self._store.feedback.replace_received(parent, table, request.digest)
-            log.info(
-                "received %d feedback items from parent %s",
-                table.num_rows,
-                parent,
-                extra={"parent": parent},
-            )
+        table = self._receive_set(
+            request, context, FEEDBACK_SCHEMA, "owner_node", "feedback items",
+            self._store.feedback.received_digest, self._store.feedback.replace_received,
+        )  # fmt: skip
         return pb.FeedbackReceipt(digest=request.digest, rows=table.num_rows)
 
     def GetQuality(
         self, request: pb.GetQualityRequest, context: grpc.ServicerContext
     ) -> pb.QualityDocument:
+        """This node's quality report, for a node above it (the only ones that roll it up)."""
+        self._check_above(request.caller_code, context)
         report_json, report_digest = self._reporter.document()
         return pb.QualityDocument(report_json=report_json, digest=report_digest)
 

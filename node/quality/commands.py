@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,43 +167,34 @@ def quarantine_list(
     call_and_print(ctx, "quality.quarantine_list", args, as_json, _print_quarantine)
 
 
-@quarantine.command("release")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Every held row.")
-@actor_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-@user_errors
-def quarantine_release(
-    ctx: click.Context, ids: tuple[str, ...], everything: bool, actor: str, as_json: bool
-) -> None:
-    """Re-validate held rows and apply those that pass now (after a rule changed, say)."""
+def _settle_command(name: str, summary: str, view: Callable[[dict[str, Any]], None]) -> None:
+    """`quarantine release|drop ID…|--all`: the same arguments, another operation."""
 
-    def view(answer: dict[str, Any]) -> None:
-        console.print(
-            f"{answer['released']} released and applied; {answer['still_held']} still fail "
-            "and stay held",
-            highlight=False,
-        )
-
-    args = {"ids": list(ids), "everything": everything, "actor": actor}
-    call_and_print(ctx, "quality.quarantine_release", args, as_json, view, write=True)
+    @quarantine.command(name, help=summary)
+    @click.argument("ids", nargs=-1)
+    @click.option("--all", "everything", is_flag=True, help="Every held row.")
+    @actor_option
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_context
+    @user_errors
+    def command(
+        ctx: click.Context, ids: tuple[str, ...], everything: bool, actor: str, as_json: bool
+    ) -> None:
+        args = {"ids": list(ids), "everything": everything, "actor": actor}
+        call_and_print(ctx, f"quality.quarantine_{name}", args, as_json, view, write=True)
 
 
-@quarantine.command("drop")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Every held row.")
-@actor_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-@user_errors
-def quarantine_drop(
-    ctx: click.Context, ids: tuple[str, ...], everything: bool, actor: str, as_json: bool
-) -> None:
-    """Give up on held rows: never applied, kept in the list as dropped."""
-
-    def view(answer: dict[str, Any]) -> None:
-        console.print(f"{answer['dropped']} rows dropped", highlight=False)
-
-    args = {"ids": list(ids), "everything": everything, "actor": actor}
-    call_and_print(ctx, "quality.quarantine_drop", args, as_json, view, write=True)
+_settle_command(
+    "release",
+    "Re-validate held rows and apply those that pass now (after a rule changed, say).",
+    lambda answer: console.print(
+        f"{answer['released']} released and applied; {answer['still_held']} still fail "
+        "and stay held",
+        highlight=False,
+    ),
+)
+_settle_command(
+    "drop",
+    "Give up on held rows: never applied, kept in the list as dropped.",
+    lambda answer: console.print(f"{answer['dropped']} rows dropped", highlight=False),
+)
