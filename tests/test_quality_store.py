@@ -26,6 +26,7 @@ from node.quality.files import check_library_json, load_rules
 from node.quality.operations import QualityService
 from node.quality.report import QualityReporter
 from node.store import IngestResult
+from node.store.quality import NEVER_SEQ
 from node.wire import decode_batch, encode_window
 
 XUANWU, NANJING, JIANGSU = "320102", "320100", "320000"
@@ -557,14 +558,45 @@ def test_a_delivered_rule_that_does_not_fit_this_model_waits(nodes: dict[str, No
     ]:
         with pytest.raises(UserError, match=message):
             deliver(bad)
-    assert city.store.quality.must_screen(None) is False  # no library at the city at all
+    assert city.store.quality.must_screen("", NEVER_SEQ, 0) is False  # no library at the city
+    # A rule waits here: the city must not count on this county having screened its rows.
+    assert county.store.quality.received_since(NANJING) == NEVER_SEQ
 
 
 def test_a_parent_screens_only_what_its_child_has_not(nodes: dict[str, Node]) -> None:
+    """A parent skips the rules its child applied, for the rows the child logged after
+    taking them; rows from before (a backlog imported offline) are screened here."""
     county, city = nodes[XUANWU], nodes[NANJING]
+    county.ingest_own([person(BAD_CHECK, "李四", "2", "1980-01-01")])  # no library yet
     city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
     digest, _ = city.store.quality.downward_library()
-    assert city.store.quality.must_screen(None) and city.store.quality.must_screen("other")
+    quality = city.store.quality
+    assert quality.must_screen("", NEVER_SEQ, 0) and quality.must_screen("other", 0, 0)
     city.deliver_rules(county)
+    since = county.store.quality.received_since(NANJING)
     assert county.store.quality.received_digest(NANJING) == digest
-    assert not city.store.quality.must_screen(digest)
+    assert since == county.store.head_seq
+    assert quality.must_screen(digest, since, 0), "the backlog before the library"
+    assert not quality.must_screen(digest, since, since)
+    # The link passes exactly that: the backlog is held at the city.
+    link = city.store.link(XUANWU)
+    after = link.checkpoint if link is not None else 0
+    window = county.store.read_window(after, 10_000)
+    batch = decode_batch(encode_window(window), city.store.log_entities, XUANWU)
+    city.store.apply_batches(
+        XUANWU, NANJING, [batch], screen=quality.must_screen(digest, since, batch.after_seq)
+    )
+    assert [r["record_key"] for r in city.held()] == [BAD_CHECK]
+
+
+def test_a_newer_held_version_replaces_the_older_one(nodes: dict[str, Node]) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    county.ingest_own([person(BAD_CHECK, "李四", "2", "1980-01-01")])
+    city.pull(county)
+    county.ingest_own([person(BAD_CHECK, "李四四", "2", "1980-01-01")])
+    city.pull(county)
+    states = sorted(
+        (r["row"]["name"], r["state"]) for r in city.quality.quarantine_list(state="all")["rows"]
+    )
+    assert states == [("李四", "superseded"), ("李四四", "held")]

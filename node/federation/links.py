@@ -24,6 +24,7 @@ from node.model.files import check_document
 from node.quality.report import check_report_document
 from node.store import IncomingBatch, Store
 from node.store.model import delivery_digest
+from node.store.quality import NEVER_SEQ
 from node.wire import (
     GRPC_MESSAGE_OPTIONS,
     BatchRejected,
@@ -79,8 +80,10 @@ class ChildLink:
         # delivered, and when a failed delivery may be retried.
         self._delivered: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
-        # The rule library the child applies from us (its digest; None: unknown).
-        self._child_rules: str | None = None
+        # The rule library the child applies from us: its digest, and from which sequence
+        # of the child's log every row passed it ("" and never: unknown).
+        self._child_rules: tuple[str, int] = ("", NEVER_SEQ)
+        self._quality_problem: str | None = None
         self.state = "connecting"
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
@@ -220,7 +223,7 @@ class ChildLink:
                 "its changes — refusing until the link is reset"
             )
         self._pull_model(info.model_digest)
-        self._child_rules = info.rules_digest
+        self._child_rules = (info.rules_digest, info.rules_since_seq)
         self._deliver_downward(info)
 
     def _pull_model(self, child_digest: str) -> None:
@@ -261,13 +264,17 @@ class ChildLink:
                 return
             report = check_report_document(reply.report_json, self.child.code)
         except (grpc.RpcError, UserError, RecursionError) as exc:
-            log.warning(
-                "child %s: pulling its quality report failed: %s",
-                self.child.code,
-                _describe(exc),
-                extra=self._log,
-            )
+            problem = _describe(exc)
+            if problem != self._quality_problem:  # once per problem, not every period
+                log.warning(
+                    "child %s: pulling its quality report failed: %s",
+                    self.child.code,
+                    problem,
+                    extra=self._log,
+                )
+            self._quality_problem = problem
             return
+        self._quality_problem = None
         scores.save_child_report(self.child.code, report, reply.digest)
 
     def _deliver_downward(self, info: pb.NodeInfo | None = None) -> None:
@@ -405,16 +412,17 @@ class ChildLink:
 
     def _send_rules(self, child_digest: str | None) -> None:
         digest, library_json = self._store.quality.downward_library()
-        if digest != child_digest:
-            self._stub.DeliverRules(
-                pb.RulesDelivery(
-                    parent_code=self._config.code, library_json=library_json, digest=digest
-                ),
-                timeout=10,
-            )
-            log.info("child %s: delivered the rule library", self.child.code, extra=self._log)
-        # From now on the child screens with it (see QualityStore.must_screen).
-        self._child_rules = digest
+        if digest == child_digest:
+            return
+        receipt = self._stub.DeliverRules(
+            pb.RulesDelivery(
+                parent_code=self._config.code, library_json=library_json, digest=digest
+            ),
+            timeout=10,
+        )
+        # The child screens with it what it logs after `since_seq` (QualityStore.must_screen).
+        self._child_rules = (digest, receipt.since_seq)
+        log.info("child %s: delivered the rule library", self.child.code, extra=self._log)
 
     def _send_feedback(self, child_digest: str | None) -> None:
         digest, table = self._store.feedback.downward_set(self.child.code)
@@ -492,7 +500,9 @@ class ChildLink:
                 self.child.code,
                 self._config.code,
                 group,
-                screen=self._store.quality.must_screen(self._child_rules),
+                screen=self._store.quality.must_screen(
+                    self._child_rules[0], self._child_rules[1], group[0].after_seq
+                ),
             )
             if result.applied:
                 log.debug(

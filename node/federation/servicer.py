@@ -72,6 +72,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             parent_model_digest=self._store.models.offered_digest(request.caller_code),
             discrepancies_digest=self._store.sources.received_digest(request.caller_code),
             rules_digest=self._store.quality.received_digest(request.caller_code),
+            rules_since_seq=self._store.quality.received_since(request.caller_code),
             feedback_digest=self._store.feedback.received_digest(request.caller_code),
             entities=[
                 pb.EntitySchema(name=e.name, key=e.key, columns=list(e.column_names))
@@ -275,7 +276,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             except UserError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             log.info("received the rule library of parent %s", parent, extra={"parent": parent})
-        return pb.RulesReceipt(digest=request.digest)
+        since = self._store.quality.received_since(parent)
+        return pb.RulesReceipt(digest=request.digest, since_seq=since)
 
     def DeliverFeedback(
         self, request: pb.FeedbackDelivery, context: grpc.ServicerContext

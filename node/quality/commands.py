@@ -77,8 +77,8 @@ def _print_set(answer: dict[str, Any]) -> None:
         )
     if answer["waiting"]:
         console.print(
-            f"{answer['waiting']} rules wait for attributes the model lacks "
-            "(`tongyuan quality rules show`)",
+            f"{answer['waiting']} rules wait: they do not fit this node's model yet "
+            "(`tongyuan quality rules show` says why)",
             highlight=False,
         )
 
@@ -150,7 +150,7 @@ def _print_quarantine(answer: dict[str, Any]) -> None:
 )
 @click.option("--rule", help="Only rows that failed this rule (as listed, e.g. 'x (320000)').")
 @click.option("--resource", help="Only rows of this resource.")
-@click.option("--limit", type=int, default=200, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 @user_errors

@@ -141,7 +141,9 @@ class QualityService:
         return {"rows": [_jsonable(r) for r in rows], "counts": self.tables.counts()}
 
     def _selected(self, ids: list[str], everything: bool) -> list[dict[str, Any]]:
-        if bool(ids) == everything:
+        if ids and everything:
+            raise UserError("give quarantined row IDs or --all, not both")
+        if not ids and not everything:
             raise UserError("name quarantined rows by ID, or say --all")
         rows = self.tables.quarantined(state=None if ids else "held", ids=ids)
         if ids:
@@ -205,6 +207,13 @@ class QualityService:
         department: str,
     ) -> int:
         """Rows from an import go through the import again (text values, as read)."""
+        gone = [f for f in fields if f not in entity.column_names]
+        if gone:
+            raise UserError(
+                f"held {entity.name} rows carry {', '.join(gone)}, which model "
+                f"{self.store.model.label()} no longer has: drop them "
+                "(`tongyuan quality quarantine drop ID…`) and import the records again"
+            )
         table = self.tables.held_rows(ids, [(f, "VARCHAR") for f in fields])
         table = pa.table({f: table.column(f) for f in fields})
         result = self.store.ingest(

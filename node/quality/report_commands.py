@@ -56,7 +56,7 @@ def report_csv(doc: Mapping[str, Any]) -> str:
 def _percent(value: float | None) -> Text:
     if value is None:
         return Text(NO_DATA, style="dim")
-    style = "green" if value >= 0.95 else "yellow" if value >= 0.8 else "red"
+    style = "green" if value >= 0.9 else "yellow" if value >= 0.7 else "red"  # as the page
     return Text(f"{value * 100:.1f}%", style=style)
 
 

@@ -398,7 +398,21 @@ class FeedbackStore:
             "NULL::VARCHAR AS origin_node, NULL::BIGINT AS origin_seq, "
             "NULL::TIMESTAMPTZ AS origin_time, NULL::BOOLEAN AS _deleted WHERE false"
         ]
-        versions_sql = " UNION ALL ".join(versions)
+        # A newer version the owner sent that this tier holds back in quarantine also
+        # makes the item obsolete (it is about an older version; the newer one, if it
+        # fails a rule, is an item of its own).
+        versions.append(
+            "SELECT entity, record_key, origin_node, origin_seq, quarantined_at AS origin_time, "
+            "false AS _deleted FROM tongyuan.quarantine WHERE received_from IS NOT NULL "
+            "AND record_key IN (SELECT record_key FROM items)"
+        )
+        versions_sql = (
+            "SELECT entity, record_key, origin_node, max(origin_seq) AS origin_seq, "
+            "arg_max(origin_time, origin_seq) AS origin_time, "
+            "arg_max(_deleted, origin_seq) AS _deleted FROM ("
+            + " UNION ALL ".join(versions)
+            + ") GROUP BY entity, record_key, origin_node"
+        )
         items = f"SELECT i.* FROM ({_ITEMS}) i WHERE {where}"
         responses = entity_table(FEEDBACK_RESPONSES)
         sql = (

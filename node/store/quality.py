@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from node.store.store import Store
 
 RECEIVED, PUBLISHED, LOCAL = "received", "published", "local"
+# A sequence no log reaches: "rows were never all screened with that library".
+NEVER_SEQ = 2**63 - 1
 
 
 def _above_or_same(node: str, ancestor: str) -> bool:
@@ -97,6 +99,7 @@ class QualityStore:
         self._screens: dict[tuple[str, str, tuple[str, ...] | None], Screen | None] = {}
         # Rules (by label) that failed their trial run here, with the error.
         self._broken: dict[str, str] = {}
+        self._broken_for = ""
         # Entities with rows waiting in quarantine (None: read it again).
         self._held_entities: set[str] | None = None
 
@@ -143,16 +146,31 @@ class QualityStore:
         down = RuleLibrary(tuple(layer for layer in self.library().layers if not layer.local))
         return down.digest(), down.to_json()
 
-    def must_screen(self, child_digest: str | None) -> bool:
-        """Whether a child's rows need screening here. Not when the child applies this
-        node's downward library as it stands (it screened every row it sends, those of
-        its own children included) and this node adds no local rules."""
+    def must_screen(self, child_digest: str | None, since_seq: int, after_seq: int) -> bool:
+        """Whether a child's rows after `after_seq` need screening here. Not when the child
+        applies this node's downward library as it stands (`child_digest`) and screened
+        with it every row it sends after `since_seq` (its own children's included), and
+        this node adds no local rules."""
         library = self.library()
         if not library.layers:
             return False
-        if any(layer.local for layer in library.layers):
+        if any(layer.local for layer in library.layers) or after_seq < since_seq:
             return True
         return child_digest != self.downward_library()[0]
+
+    def received_since(self, parent: str) -> int:
+        """From which sequence of this node's log every row passed the library received
+        from `parent` (ALL_SEQ, never, when some of its rules wait here)."""
+        with self._db.read() as cur:
+            row = cur.execute(
+                "SELECT since_seq FROM tongyuan.rule_layers WHERE role = ? AND source = ?",
+                [RECEIVED, parent],
+            ).fetchall()
+        if not row:
+            return NEVER_SEQ
+        if any(not rule["applies"] for rule in self.applicability()):
+            return NEVER_SEQ
+        return int(row[0][0])
 
     def received_digest(self, parent: str) -> str:
         with self._db.read() as cur:
@@ -181,23 +199,23 @@ class QualityStore:
         self._replace(role, layer_json(layer), RuleLibrary((layer,)).digest(), actor)
 
     def remove_own_layer(self, role: str) -> bool:
-        with self._db.write() as cur:
+        with self._db.write(on_commit=self._changed) as cur:
             (count,) = cur.execute(
                 "SELECT count(*) FROM tongyuan.rule_layers WHERE role = ?", [role]
-            ).fetchone()  # type: ignore[misc]
+            ).fetchall()[0]
             cur.execute("DELETE FROM tongyuan.rule_layers WHERE role = ?", [role])
-        self._changed()
         return bool(count)
 
     def _replace(self, role: str, doc: str, digest: str, source: str) -> None:
-        with self._db.write() as cur:
+        # The library in memory changes at COMMIT, while the writer is still held: no
+        # import screens with the old one after this transaction.
+        with self._db.write(on_commit=self._changed) as cur:
             cur.execute("DELETE FROM tongyuan.rule_layers WHERE role = ?", [role])
             cur.execute(
-                "INSERT INTO tongyuan.rule_layers (role, doc, digest, source, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO tongyuan.rule_layers (role, doc, digest, source, updated_at, "
+                "since_seq) VALUES (?, ?, ?, ?, ?, (SELECT seq FROM tongyuan.head))",
                 [role, doc, digest, source, datetime.now(UTC)],
             )
-        self._changed()
 
     def _changed(self) -> None:
         with self._lock:
@@ -236,6 +254,10 @@ class QualityStore:
         carried = tuple(fields) if fields else None
         key = (entity.name, library.digest() + model.digest(), carried)
         with self._lock:
+            if self._broken_for != model.digest():
+                # Another model: rules may run now that did not (or the reverse).
+                self._broken.clear()
+                self._broken_for = model.digest()
             if key not in self._screens:
                 full = compile_screen(library, model, entity, carried)
                 for rule in full.rules if full is not None else ():
@@ -553,6 +575,14 @@ class QualityStore:
             "list_transform(n._blocking, lambda x: x.rule), "
             "list_transform(n._blocking, lambda x: x.reason), ?, 'held' FROM quality_new n",
             [entity.name, child, f"child {child}", list(entity.column_names), now],
+        )
+        # A newer held version replaces an older one still waiting.
+        cur.execute(
+            "UPDATE tongyuan.quarantine q SET state = 'superseded', settled_at = ? "
+            "FROM quality_new n WHERE q.state = 'held' AND q.entity = ? "
+            f"AND q.origin_node = n.origin_node AND q.record_key = CAST(n.{key} AS VARCHAR) "
+            "AND q.origin_seq < n.origin_seq",
+            [now, entity.name],
         )
         items = arrow_of(
             cur,

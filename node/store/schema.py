@@ -198,7 +198,10 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 doc VARCHAR NOT NULL,
                 digest VARCHAR NOT NULL,
                 source VARCHAR NOT NULL,
-                updated_at TIMESTAMPTZ NOT NULL
+                updated_at TIMESTAMPTZ NOT NULL,
+                -- The change-log head when the layer took effect: rows after it were
+                -- screened with it.
+                since_seq BIGINT NOT NULL
             )""",
             # Rows held back by a blocking rule, from an import (received_from NULL) or
             # from a child: the whole row as JSON so release can re-validate and apply it.

@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 
 from node.entities import COLUMN_TYPES, Entity
-from node.model.schema import Model
+from node.model.schema import EXTERNAL_CODE_LISTS, Model
 from node.quality.files import model_problem
 from node.quality.rules import Rule, RuleLayer, RuleLibrary, rule_label
 from node.store.checksums import compact_id_sql, gb11643_problem_sql, gb32100_problem_sql
@@ -198,7 +198,13 @@ def _reason(rule: Rule, model: Model, entity: Entity) -> str:
             allowed, name = f"({codes})", "the rule's list"
         else:
             name = str(rule.param("code_list"))
-            allowed = f"(SELECT code FROM model_codes WHERE list = {literal(name)})"
+            declared = model.code_list(name)
+            external = declared.external if declared is not None else name
+            if external in EXTERNAL_CODE_LISTS:
+                # The division list the node knows (every period), not a model list.
+                allowed = "(SELECT code FROM division_codes)"
+            else:
+                allowed = f"(SELECT code FROM model_codes WHERE list = {literal(name)})"
         return (
             f"CASE WHEN {v} IS NOT NULL AND {text} NOT IN {allowed} "
             f"THEN format('{{}} is not a code of {{}}', {text}, {literal(name)}) END"
@@ -261,11 +267,14 @@ def _range_reason(rule: Rule, v: str, text: str, attr_type: str) -> str:
         value = rule.param(key)
         if value is None:
             continue
+        compared = v
         if attr_type in ("date", "timestamp"):
             bound = "current_date" if value == "today" else literal(date.fromisoformat(str(value)))
+            # Bounds are days: a time during the last day is within it.
+            compared = f"CAST({v} AS DATE)"
         else:
             bound = literal(value)
-        bounds.append((f"{v} {op} {bound}", str(value)))
+        bounds.append((f"{compared} {op} {bound}", str(value)))
     fails = " OR ".join(b[0] for b in bounds)
     wanted = literal(f"{rule.param('min', '')}..{rule.param('max', '')}")
     return (

@@ -59,6 +59,7 @@ class NodeInfo(_message.Message):
     DISCREPANCIES_DIGEST_FIELD_NUMBER: _builtins.int
     RULES_DIGEST_FIELD_NUMBER: _builtins.int
     FEEDBACK_DIGEST_FIELD_NUMBER: _builtins.int
+    RULES_SINCE_SEQ_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -85,6 +86,11 @@ class NodeInfo(_message.Message):
     """Digest of the rule library this node last received from the caller ("" if none)."""
     feedback_digest: _builtins.str
     """Digest of the feedback set this node last received from the caller ("" if none)."""
+    rules_since_seq: _builtins.int
+    """Every row this node sends after this sequence of its change log passed the rule
+    library of `rules_digest` here (the maximum when some of its rules wait here), so
+    the caller need not screen those rows again.
+    """
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntitySchema]:
         """Entities this node holds, with their column names (for diagnostics)."""
@@ -106,10 +112,11 @@ class NodeInfo(_message.Message):
         discrepancies_digest: _builtins.str = ...,
         rules_digest: _builtins.str = ...,
         feedback_digest: _builtins.str = ...,
+        rules_since_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "discrepancies_digest", b"discrepancies_digest", "entities", b"entities", "feedback_digest", b"feedback_digest", "head_seq", b"head_seq", "model_digest", b"model_digest", "name", b"name", "node_id", b"node_id", "parent_model_digest", b"parent_model_digest", "rules_digest", b"rules_digest", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "discrepancies_digest", b"discrepancies_digest", "entities", b"entities", "feedback_digest", b"feedback_digest", "head_seq", b"head_seq", "model_digest", b"model_digest", "name", b"name", "node_id", b"node_id", "parent_model_digest", b"parent_model_digest", "rules_digest", b"rules_digest", "rules_since_seq", b"rules_since_seq", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,15 +563,19 @@ class RulesReceipt(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DIGEST_FIELD_NUMBER: _builtins.int
+    SINCE_SEQ_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
+    since_seq: _builtins.int
+    """As NodeInfo.rules_since_seq, for the library just delivered."""
     def __init__(
         self,
         *,
         digest: _builtins.str = ...,
+        since_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "since_seq", b"since_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
