@@ -132,7 +132,13 @@ def test_the_province_library_reaches_a_county_and_changes_what_it_holds_back(
                 found[row["node"]] = row
         return found
 
-    wait_until(lambda: len(county_rows()) == 2, what="both counties in the province's report")
+    def both_counted() -> bool:
+        found = county_rows()
+        counted = {code: row["records"] for code, row in found.items()}
+        return counted == {"320102": "4", "320104": "1"}
+
+    # Reports roll up on a timer: wait for the ones pulled after both imports.
+    wait_until(both_counted, what="both counties' records in the province's report")
     rows = county_rows()
     assert rows["320102"]["resource"] == xuanwu.resource("person")
     assert float(rows["320102"]["validity"]) < float(rows["320104"]["validity"])

@@ -160,7 +160,7 @@ class QualityStore:
 
     def received_since(self, parent: str) -> int:
         """From which sequence of this node's log every row passed the library received
-        from `parent` (ALL_SEQ, never, when some of its rules wait here)."""
+        from `parent` (NEVER_SEQ when some of its rules wait here)."""
         with self._db.read() as cur:
             row = cur.execute(
                 "SELECT since_seq FROM tongyuan.rule_layers WHERE role = ? AND source = ?",
