@@ -600,3 +600,29 @@ def test_a_newer_held_version_replaces_the_older_one(nodes: dict[str, Node]) -> 
         (r["row"]["name"], r["state"]) for r in city.quality.quarantine_list(state="all")["rows"]
     )
     assert states == [("李四", "superseded"), ("李四四", "held")]
+
+
+def test_a_childs_held_row_is_released_as_its_batch_would_have_been(
+    nodes: dict[str, Node],
+) -> None:
+    county, city = nodes[XUANWU], nodes[NANJING]
+    city.quality.rules_publish(path=str(BASE_RULES), actor="tester")
+    county.ingest_own([person(BAD_CHECK, "李四", "2", "1980-01-01")])
+    city.pull(county)
+    (held,) = city.held()
+    answer = city.quality.quarantine_release(ids=[held["id"]], actor="auditor")
+    assert answer == {"released": 0, "still_held": 1, "rows": 1}
+    assert city.people() == {}
+    city.store.quality.remove_own_layer("published")
+    answer = city.quality.quarantine_release(everything=True, actor="auditor")
+    assert answer == {"released": 1, "still_held": 0, "rows": 1}
+    (applied,) = city.store.query(
+        "SELECT id_number, name, origin_node, origin_seq, origin_dept FROM tongyuan.rows_person"
+    ).to_pylist()
+    assert applied == {
+        "id_number": BAD_CHECK,
+        "name": "李四",
+        "origin_node": XUANWU,
+        "origin_seq": held["origin_seq"],
+        "origin_dept": "公安局",
+    }

@@ -25,16 +25,6 @@ from node.quality.report import QualityReporter
 from node.store import Store
 from node.store.quality import LOCAL, PUBLISHED
 
-_WIRE_TYPES = {
-    "_deleted": "BOOLEAN",
-    "origin_node": "VARCHAR",
-    "origin_seq": "BIGINT",
-    "origin_dept": "VARCHAR",
-    "origin_batch": "VARCHAR",
-    "origin_time": "TIMESTAMPTZ",
-    "origin_resource": "VARCHAR",
-}
-
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
@@ -189,9 +179,7 @@ class QualityService:
             if child is None:
                 still += self._release_import(entity, group_ids, fields, resource, department)
             else:
-                columns = [(c.name, c.sql_type) for c in entity.columns]
-                columns += list(_WIRE_TYPES.items())
-                table = self.tables.held_rows(group_ids, columns)
+                table = self.tables.held_wire_rows(group_ids, entity)
                 still += self.store.apply_released(
                     entity, table, group_ids, child, self.config.code
                 )

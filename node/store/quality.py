@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from node.divisions import is_within
-from node.entities import Entity
+from node.entities import LINEAGE_COLUMNS, Entity
 from node.errors import UserError
 from node.quality.files import check_library_json, layer_from_json, layer_json
 from node.quality.rules import RuleLayer, RuleLibrary, layer_from_document, rule_label
@@ -67,15 +67,14 @@ _QUARANTINE_COLUMNS = (
 _FLAG_COLUMNS = "entity, origin_node, record_key, origin_seq, rule, reason, flagged_at"
 # A short id users type (16 hex digits of a random UUID).
 _NEW_ID = "left(replace(CAST(gen_random_uuid() AS VARCHAR), '-', ''), 16)"
-_WIRE_LINEAGE = (
-    "_deleted",
-    "origin_node",
-    "origin_seq",
-    "origin_dept",
-    "origin_batch",
-    "origin_time",
-    "origin_resource",
-)
+# The lineage a row from a child carries on the wire (Entity.wire_schema), with SQL types:
+# a held row keeps it, so a release applies the row as its batch would have.
+_WIRE_LINEAGE: dict[str, str] = {
+    "_deleted": "BOOLEAN",
+    **dict.fromkeys(LINEAGE_COLUMNS, "VARCHAR"),
+    "origin_seq": "BIGINT",
+    "origin_time": "TIMESTAMPTZ",
+}
 
 
 @dataclass(frozen=True)
@@ -727,6 +726,12 @@ class QualityStore:
             ],
             "flags": int(flags),
         }
+
+    def held_wire_rows(self, ids: Sequence[str], entity: Entity) -> pa.Table:
+        """Quarantined rows from a child (`ids`, in that order) with their lineage, as the
+        batch carried them."""
+        columns = [(c.name, c.sql_type) for c in entity.columns]
+        return self.held_rows(ids, [*columns, *_WIRE_LINEAGE.items()])
 
     def held_rows(self, ids: Sequence[str], columns: Sequence[tuple[str, str]]) -> pa.Table:
         """Quarantined rows `ids` (in that order) as a table of `columns` (name, SQL type),
