@@ -112,6 +112,26 @@ class StartingFederation(federation_pb2_grpc.FederationServicer):
     ) -> federation_pb2.QualityDocument:
         return self._target(context).GetQuality(request, context)
 
+    def GetGrantRequests(
+        self, request: federation_pb2.GetGrantRequestsRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.GrantRequestsDocument:
+        return self._target(context).GetGrantRequests(request, context)
+
+    def DeliverGrants(
+        self, request: federation_pb2.GrantsDelivery, context: grpc.ServicerContext
+    ) -> federation_pb2.GrantsReceipt:
+        return self._target(context).DeliverGrants(request, context)
+
+    def DeliverReturn(
+        self, request: federation_pb2.ReturnDelivery, context: grpc.ServicerContext
+    ) -> federation_pb2.ReturnReceipt:
+        return self._target(context).DeliverReturn(request, context)
+
+    def GetAudit(
+        self, request: federation_pb2.GetAuditRequest, context: grpc.ServicerContext
+    ) -> Iterator[federation_pb2.AuditSegment]:
+        return self._target(context).GetAudit(request, context)
+
 
 class NodeServer:
     """A running node. `start()` then `wait()`; `stop()` from any thread or a signal.

@@ -60,6 +60,12 @@ class NodeInfo(_message.Message):
     RULES_DIGEST_FIELD_NUMBER: _builtins.int
     FEEDBACK_DIGEST_FIELD_NUMBER: _builtins.int
     RULES_SINCE_SEQ_FIELD_NUMBER: _builtins.int
+    GRANT_REQUESTS_DIGEST_FIELD_NUMBER: _builtins.int
+    GRANTS_DIGEST_FIELD_NUMBER: _builtins.int
+    RETURN_CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_HASH_FIELD_NUMBER: _builtins.int
+    AUDIT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name: _builtins.str
     tier: _builtins.str
@@ -91,9 +97,21 @@ class NodeInfo(_message.Message):
     library of `rules_digest` here (the maximum when some of its rules wait here), so
     the caller need not screen those rows again.
     """
+    grant_requests_digest: _builtins.str
+    """Digest of this node's grant requests addressed to the caller ("" if none)."""
+    grants_digest: _builtins.str
+    """Digest of the grant set this node last received from the caller ("" if none)."""
+    audit_head_seq: _builtins.int
+    """Head of this node's audit chain (sequence and entry hash) and its Ed25519 public key."""
+    audit_head_hash: _builtins.str
+    audit_public_key: _builtins.str
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntitySchema]:
         """Entities this node holds, with their column names (for diagnostics)."""
+
+    @_builtins.property
+    def return_checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnCheckpoint]:
+        """Per grant from the caller: how far this node holds the returned slice."""
 
     def __init__(
         self,
@@ -113,14 +131,43 @@ class NodeInfo(_message.Message):
         rules_digest: _builtins.str = ...,
         feedback_digest: _builtins.str = ...,
         rules_since_seq: _builtins.int = ...,
+        grant_requests_digest: _builtins.str = ...,
+        grants_digest: _builtins.str = ...,
+        return_checkpoints: _abc.Iterable[Global___ReturnCheckpoint] | None = ...,
+        audit_head_seq: _builtins.int = ...,
+        audit_head_hash: _builtins.str = ...,
+        audit_public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compacted_through", b"compacted_through", "discrepancies_digest", b"discrepancies_digest", "entities", b"entities", "feedback_digest", b"feedback_digest", "head_seq", b"head_seq", "model_digest", b"model_digest", "name", b"name", "node_id", b"node_id", "parent_model_digest", b"parent_model_digest", "rules_digest", b"rules_digest", "rules_since_seq", b"rules_since_seq", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head_hash", b"audit_head_hash", "audit_head_seq", b"audit_head_seq", "audit_public_key", b"audit_public_key", "code", b"code", "compacted_through", b"compacted_through", "discrepancies_digest", b"discrepancies_digest", "entities", b"entities", "feedback_digest", b"feedback_digest", "grant_requests_digest", b"grant_requests_digest", "grants_digest", b"grants_digest", "head_seq", b"head_seq", "model_digest", b"model_digest", "name", b"name", "node_id", b"node_id", "parent_model_digest", b"parent_model_digest", "return_checkpoints", b"return_checkpoints", "rules_digest", b"rules_digest", "rules_since_seq", b"rules_since_seq", "standards_digest", b"standards_digest", "tier", b"tier", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
+
+@_typing.final
+class ReturnCheckpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    seq: _builtins.int
+    """The caller's change-log sequence through which this node holds the slice."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnCheckpoint: _TypeAlias = ReturnCheckpoint  # noqa: Y015
 
 @_typing.final
 class EntitySchema(_message.Message):
@@ -673,3 +720,198 @@ class QualityDocument(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QualityDocument: _TypeAlias = QualityDocument  # noqa: Y015
+
+@_typing.final
+class GetGrantRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_CODE_FIELD_NUMBER: _builtins.int
+    caller_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        caller_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_code", b"caller_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrantRequestsRequest: _TypeAlias = GetGrantRequestsRequest  # noqa: Y015
+
+@_typing.final
+class GrantRequestsDocument(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_JSON_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    requests_json: _builtins.str
+    """The requests as JSON (see node/security/grants.py) and their digest."""
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        requests_json: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "requests_json", b"requests_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantRequestsDocument: _TypeAlias = GrantRequestsDocument  # noqa: Y015
+
+@_typing.final
+class GrantsDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_CODE_FIELD_NUMBER: _builtins.int
+    GRANTS_JSON_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    parent_code: _builtins.str
+    grants_json: _builtins.str
+    """The grants as JSON (see node/security/grants.py) and their digest."""
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent_code: _builtins.str = ...,
+        grants_json: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "grants_json", b"grants_json", "parent_code", b"parent_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantsDelivery: _TypeAlias = GrantsDelivery  # noqa: Y015
+
+@_typing.final
+class GrantsReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantsReceipt: _TypeAlias = GrantsReceipt  # noqa: Y015
+
+@_typing.final
+class ReturnDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_CODE_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    ENTITY_FIELD_NUMBER: _builtins.int
+    ARROW_IPC_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    parent_code: _builtins.str
+    grant_id: _builtins.str
+    after_seq: _builtins.int
+    """Window (after_seq, last_seq] of the caller's change log, this grant's rows only."""
+    last_seq: _builtins.int
+    entity: _builtins.str
+    arrow_ipc: _builtins.bytes
+    """Arrow IPC stream: key and attribute columns, `_deleted`, and origin columns."""
+    rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        parent_code: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        entity: _builtins.str = ...,
+        arrow_ipc: _builtins.bytes = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "arrow_ipc", b"arrow_ipc", "entity", b"entity", "grant_id", b"grant_id", "last_seq", b"last_seq", "parent_code", b"parent_code", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnDelivery: _TypeAlias = ReturnDelivery  # noqa: Y015
+
+@_typing.final
+class ReturnReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    seq: _builtins.int
+    """The sequence through which the child now holds the slice."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnReceipt: _TypeAlias = ReturnReceipt  # noqa: Y015
+
+@_typing.final
+class GetAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_CODE_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    caller_code: _builtins.str
+    after_seq: _builtins.int
+    """Entries with a sequence above this (0: the whole chain)."""
+    def __init__(
+        self,
+        *,
+        caller_code: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "caller_code", b"caller_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditRequest: _TypeAlias = GetAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditSegment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARROW_IPC_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    arrow_ipc: _builtins.bytes
+    """Arrow IPC stream, one row per entry (columns as in the store's audit table)."""
+    rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        arrow_ipc: _builtins.bytes = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditSegment: _TypeAlias = AuditSegment  # noqa: Y015

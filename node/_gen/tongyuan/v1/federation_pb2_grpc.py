@@ -85,6 +85,26 @@ class FederationStub:
                 request_serializer=tongyuan_dot_v1_dot_federation__pb2.GetQualityRequest.SerializeToString,
                 response_deserializer=tongyuan_dot_v1_dot_federation__pb2.QualityDocument.FromString,
                 _registered_method=True)
+        self.GetGrantRequests = channel.unary_unary(
+                '/tongyuan.v1.Federation/GetGrantRequests',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.GetGrantRequestsRequest.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.GrantRequestsDocument.FromString,
+                _registered_method=True)
+        self.DeliverGrants = channel.unary_unary(
+                '/tongyuan.v1.Federation/DeliverGrants',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.GrantsDelivery.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.GrantsReceipt.FromString,
+                _registered_method=True)
+        self.DeliverReturn = channel.unary_unary(
+                '/tongyuan.v1.Federation/DeliverReturn',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.ReturnDelivery.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.ReturnReceipt.FromString,
+                _registered_method=True)
+        self.GetAudit = channel.unary_stream(
+                '/tongyuan.v1.Federation/GetAudit',
+                request_serializer=tongyuan_dot_v1_dot_federation__pb2.GetAuditRequest.SerializeToString,
+                response_deserializer=tongyuan_dot_v1_dot_federation__pb2.AuditSegment.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -168,6 +188,36 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGrantRequests(self, request, context):
+        """Upward, pulled: this node's requests for return flows (grants) addressed to the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverGrants(self, request, context):
+        """Downward: every grant the caller decided for this node (approved, denied, revoked,
+        expired); the set replaces the previous one from the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverReturn(self, request, context):
+        """Downward: one window of a granted slice of the caller's data (return flow, 数据回流).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAudit(self, request, context):
+        """Upward, pulled: entries of this node's audit chain after `after_seq`, as Arrow IPC,
+        so the caller checks them against its anchors and anchors the head in its own chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +270,26 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetQuality,
                     request_deserializer=tongyuan_dot_v1_dot_federation__pb2.GetQualityRequest.FromString,
                     response_serializer=tongyuan_dot_v1_dot_federation__pb2.QualityDocument.SerializeToString,
+            ),
+            'GetGrantRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGrantRequests,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.GetGrantRequestsRequest.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.GrantRequestsDocument.SerializeToString,
+            ),
+            'DeliverGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverGrants,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.GrantsDelivery.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.GrantsReceipt.SerializeToString,
+            ),
+            'DeliverReturn': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverReturn,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.ReturnDelivery.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.ReturnReceipt.SerializeToString,
+            ),
+            'GetAudit': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAudit,
+                    request_deserializer=tongyuan_dot_v1_dot_federation__pb2.GetAuditRequest.FromString,
+                    response_serializer=tongyuan_dot_v1_dot_federation__pb2.AuditSegment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +563,114 @@ class Federation:
             '/tongyuan.v1.Federation/GetQuality',
             tongyuan_dot_v1_dot_federation__pb2.GetQualityRequest.SerializeToString,
             tongyuan_dot_v1_dot_federation__pb2.QualityDocument.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGrantRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/GetGrantRequests',
+            tongyuan_dot_v1_dot_federation__pb2.GetGrantRequestsRequest.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.GrantRequestsDocument.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/DeliverGrants',
+            tongyuan_dot_v1_dot_federation__pb2.GrantsDelivery.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.GrantsReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverReturn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongyuan.v1.Federation/DeliverReturn',
+            tongyuan_dot_v1_dot_federation__pb2.ReturnDelivery.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.ReturnReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tongyuan.v1.Federation/GetAudit',
+            tongyuan_dot_v1_dot_federation__pb2.GetAuditRequest.SerializeToString,
+            tongyuan_dot_v1_dot_federation__pb2.AuditSegment.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,18 @@ class FederationStub:
     """
     GetQuality: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetQualityRequest, _federation_pb2.QualityDocument]
     """Upward, pulled: this node's quality report (its own resources and its subtree's)."""
+    GetGrantRequests: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetGrantRequestsRequest, _federation_pb2.GrantRequestsDocument]
+    """Upward, pulled: this node's requests for return flows (grants) addressed to the caller."""
+    DeliverGrants: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GrantsDelivery, _federation_pb2.GrantsReceipt]
+    """Downward: every grant the caller decided for this node (approved, denied, revoked,
+    expired); the set replaces the previous one from the caller.
+    """
+    DeliverReturn: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ReturnDelivery, _federation_pb2.ReturnReceipt]
+    """Downward: one window of a granted slice of the caller's data (return flow, 数据回流)."""
+    GetAudit: _grpc.UnaryStreamMultiCallable[_federation_pb2.GetAuditRequest, _federation_pb2.AuditSegment]
+    """Upward, pulled: entries of this node's audit chain after `after_seq`, as Arrow IPC,
+    so the caller checks them against its anchors and anchors the head in its own chain.
+    """
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
@@ -109,6 +121,18 @@ class FederationAsyncStub(FederationStub):
     """
     GetQuality: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetQualityRequest, _federation_pb2.QualityDocument]  # type: ignore[assignment]
     """Upward, pulled: this node's quality report (its own resources and its subtree's)."""
+    GetGrantRequests: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetGrantRequestsRequest, _federation_pb2.GrantRequestsDocument]  # type: ignore[assignment]
+    """Upward, pulled: this node's requests for return flows (grants) addressed to the caller."""
+    DeliverGrants: _aio.UnaryUnaryMultiCallable[_federation_pb2.GrantsDelivery, _federation_pb2.GrantsReceipt]  # type: ignore[assignment]
+    """Downward: every grant the caller decided for this node (approved, denied, revoked,
+    expired); the set replaces the previous one from the caller.
+    """
+    DeliverReturn: _aio.UnaryUnaryMultiCallable[_federation_pb2.ReturnDelivery, _federation_pb2.ReturnReceipt]  # type: ignore[assignment]
+    """Downward: one window of a granted slice of the caller's data (return flow, 数据回流)."""
+    GetAudit: _aio.UnaryStreamMultiCallable[_federation_pb2.GetAuditRequest, _federation_pb2.AuditSegment]  # type: ignore[assignment]
+    """Upward, pulled: entries of this node's audit chain after `after_seq`, as Arrow IPC,
+    so the caller checks them against its anchors and anchors the head in its own chain.
+    """
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
     """Served by every node; called by its parent."""
@@ -205,5 +229,41 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.QualityDocument, _abc.Awaitable[_federation_pb2.QualityDocument]]:
         """Upward, pulled: this node's quality report (its own resources and its subtree's)."""
+
+    @_abc_1.abstractmethod
+    def GetGrantRequests(
+        self,
+        request: _federation_pb2.GetGrantRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.GrantRequestsDocument, _abc.Awaitable[_federation_pb2.GrantRequestsDocument]]:
+        """Upward, pulled: this node's requests for return flows (grants) addressed to the caller."""
+
+    @_abc_1.abstractmethod
+    def DeliverGrants(
+        self,
+        request: _federation_pb2.GrantsDelivery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.GrantsReceipt, _abc.Awaitable[_federation_pb2.GrantsReceipt]]:
+        """Downward: every grant the caller decided for this node (approved, denied, revoked,
+        expired); the set replaces the previous one from the caller.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverReturn(
+        self,
+        request: _federation_pb2.ReturnDelivery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.ReturnReceipt, _abc.Awaitable[_federation_pb2.ReturnReceipt]]:
+        """Downward: one window of a granted slice of the caller's data (return flow, 数据回流)."""
+
+    @_abc_1.abstractmethod
+    def GetAudit(
+        self,
+        request: _federation_pb2.GetAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_federation_pb2.AuditSegment], _abc.AsyncIterator[_federation_pb2.AuditSegment]]:
+        """Upward, pulled: entries of this node's audit chain after `after_seq`, as Arrow IPC,
+        so the caller checks them against its anchors and anchors the head in its own chain.
+        """
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
