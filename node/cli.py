@@ -56,10 +56,20 @@ def cli(ctx: click.Context, directory: str | None) -> None:
     type=click.Path(path_type=Path),
     help="The node's own model file (TOML or YAML); default: the shipped base model.",
 )
+@click.option(
+    "--plaintext-dev",
+    is_flag=True,
+    help="Federation without TLS or identity checks: development only (status says so loudly).",
+)
 @click.pass_context
 @user_errors
 def init(
-    ctx: click.Context, code: str, name: str | None, listen: str, model_file: Path | None
+    ctx: click.Context,
+    code: str,
+    name: str | None,
+    listen: str,
+    model_file: Path | None,
+    plaintext_dev: bool,
 ) -> None:
     """Create a node directory: config, store with its schema and model, node identity."""
     from node.model import load_base_model
@@ -83,7 +93,10 @@ def init(
     except OSError as exc:
         raise UserError(f"cannot create a node in {directory}: {exc.strerror or exc}") from None
     display = name or division.name
-    config_path.write_text(render_initial_config(code, display, listen), encoding="utf-8")
+    config_path.write_text(
+        render_initial_config(code, display, listen, plaintext_dev=plaintext_dev),
+        encoding="utf-8",
+    )
     try:
         config = load_config(directory)
         Store.create(
@@ -99,6 +112,15 @@ def init(
         f"  next: tongyuan --dir {directory} serve, and register each department's resources "
         "with `tongyuan catalog add`"
     )
+    if plaintext_dev:
+        click.secho(
+            "  PLAINTEXT — development only: federation is not authenticated", fg="red", bold=True
+        )
+    else:
+        click.echo(
+            "  identity: `tongyuan pki init-root` at the top node, or `tongyuan pki request` "
+            "and install what the parent issues"
+        )
 
 
 @cli.command()
@@ -293,6 +315,10 @@ from node.catalog.commands import catalog  # noqa: E402
 from node.model.commands import model  # noqa: E402
 from node.quality.commands import quality  # noqa: E402
 from node.quality.feedback_commands import feedback, objection  # noqa: E402
+from node.security.audit_commands import audit  # noqa: E402
+from node.security.export_commands import export  # noqa: E402
+from node.security.grant_commands import grant  # noqa: E402
+from node.security.pki_commands import pki  # noqa: E402
 from node.sources.commands import discrepancies  # noqa: E402
 
 cli.add_command(catalog)
@@ -301,6 +327,10 @@ cli.add_command(discrepancies)
 cli.add_command(quality)
 cli.add_command(feedback)
 cli.add_command(objection)
+cli.add_command(grant)
+cli.add_command(pki)
+cli.add_command(export)
+cli.add_command(audit)
 
 
 def main() -> None:

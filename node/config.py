@@ -16,7 +16,7 @@ from typing import Any
 
 import tomlkit
 
-from node.catalog.entries import SHARING_KINDS, CatalogSettings, SharingAttribute
+from node.catalog.entries import SHARING_KINDS, TREATMENTS, CatalogSettings, SharingAttribute
 from node.divisions import Tier, lookup_division, tier_of
 from node.errors import ConfigError, UserError
 
@@ -43,6 +43,13 @@ class SyncSettings:
     apply_max_rows: int = 262144
     heartbeat_seconds: float = 1.0
     ack_interval_seconds: float = 2.0
+    # Grants: how often a parent asks each child for new requests and sends the grants
+    # and return flows, and how often a node purges the slices of grants that ended.
+    grant_check_seconds: float = 2.0
+    # Audit anchors: how often a parent verifies each child's new audit entries and records
+    # the child's head in its own chain, and how often it re-checks a child's whole chain.
+    audit_anchor_seconds: float = 10.0
+    audit_recheck_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,14 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """Federation security: mutual TLS with `tongyuan pki` certificates, unless plaintext
+    is asked for explicitly (development only)."""
+
+    plaintext_dev: bool = False
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     directory: Path
     code: str
@@ -89,6 +104,7 @@ class NodeConfig:
     http: HttpSettings = field(default_factory=HttpSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @property
     def config_path(self) -> Path:
@@ -213,13 +229,14 @@ def load_config(directory: Path) -> NodeConfig:
         http=http,
         catalog=_catalog_settings(_section(doc, "catalog", path), path),
         quality=_settings(QualitySettings, _section(doc, "quality", path), path, "quality"),
+        security=_settings(SecuritySettings, _section(doc, "security", path), path, "security"),
     )
 
 
 def _catalog_settings(section: dict[str, Any], path: Path) -> CatalogSettings:
     """`[catalog]`: the province's names for sharing attributes and sensitivity grades."""
     default = CatalogSettings()
-    unknown = sorted(set(section) - {"sharing", "sensitivity_grades"})
+    unknown = sorted(set(section) - {"sharing", "sensitivity_grades", "grade_treatment"})
     if unknown:
         raise ConfigError(f"{path}: [catalog] has unknown setting(s) {', '.join(unknown)}")
     sharing = default.sharing
@@ -251,11 +268,35 @@ def _catalog_settings(section: dict[str, Any], path: Path) -> CatalogSettings:
         ):
             raise ConfigError(f"{path}: [catalog] sensitivity_grades must be a list of names")
         grades = tuple(raw_grades)
-    return CatalogSettings(sharing=sharing, sensitivity_grades=grades)
+    treatment = _grade_treatment(section, grades, default, path)
+    return CatalogSettings(sharing=sharing, sensitivity_grades=grades, grade_treatment=treatment)
 
 
-def render_initial_config(code: str, name: str, listen: str) -> str:
+def _grade_treatment(
+    section: dict[str, Any], grades: tuple[str, ...], default: CatalogSettings, path: Path
+) -> tuple[tuple[str, str], ...]:
+    """`[catalog] grade_treatment`: grade → clear, mask or pseudonymise, for attributes of
+    conditional resources leaving the node; a grade left out is pseudonymised."""
+    if "grade_treatment" not in section:
+        return tuple((g, t) for g, t in default.grade_treatment if g in grades)
+    raw = section["grade_treatment"]
+    where = f"{path}: [catalog] grade_treatment"
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where} must be a table, e.g. {{ general = "clear", core = "mask" }}')
+    problems = []
+    for grade, treatment in raw.items():
+        if grade not in grades:
+            problems.append(f"{grade!r} is not a grade of sensitivity_grades ({', '.join(grades)})")
+        if treatment not in TREATMENTS:
+            problems.append(f"{grade} = {treatment!r} is not one of {', '.join(TREATMENTS)}")
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return tuple((str(g), str(t)) for g, t in raw.items())
+
+
+def render_initial_config(code: str, name: str, listen: str, plaintext_dev: bool = False) -> str:
     """The commented config file `init` writes."""
+    plaintext_s = "true" if plaintext_dev else "false"
     tier = tier_of(code).value
     # JSON string syntax is valid TOML basic-string syntax: quotes in a name stay safe.
     code_s, name_s, listen_s = (json.dumps(v, ensure_ascii=False) for v in (code, name, listen))
@@ -274,6 +315,9 @@ pull_interval_seconds = 5.0   # scheduled pull when a child's stream is down
 batch_changes = 32768         # change-log entries per wire message
 apply_max_rows = 262144       # rows applied per transaction during a backfill
 heartbeat_seconds = 1.0
+grant_check_seconds = 2.0     # grant requests pulled, return flows sent, ended grants purged
+audit_anchor_seconds = 10.0   # each child's new audit entries verified and its head anchored
+audit_recheck_seconds = 3600.0 # each child's whole audit chain re-verified against the anchors
 
 [store]
 checkpoint_interval_seconds = 60.0
@@ -288,6 +332,13 @@ enabled = true               # read-only operator endpoint: /metrics, / (status 
 listen = "127.0.0.1:0"       # loopback only by default; port 0 picks one (see run/http.json)
 lag_sample_seconds = 30.0    # how often each child's lag is recorded for the status page
 
+[security]
+# Federation calls are mutual TLS with the certificates of `tongyuan pki` (DIR/security/):
+# a child serves only its registered parent, a parent pulls only from children it
+# certified. true turns all of that off: development only, never in production
+# (`status` says so loudly).
+plaintext_dev = {plaintext_s}
+
 [quality]
 feedback_overdue_hours = 72.0  # open feedback items older than this are overdue
 report_pull_seconds = 10.0     # how often each child's quality report is pulled (scores roll up)
@@ -300,6 +351,11 @@ sharing = [
   {{ id = "not_shared", label = "不予共享", kind = "none" }},
 ]
 sensitivity_grades = ["general", "important", "core"]   # lowest first
+# What each grade does to an attribute of a conditional resource before it leaves this
+# node: clear (as is), mask (display mask: ID 6+4 digits, name, phone 3+4, address) or
+# pseudonymise (keyed hash shared by the federation: joins still work). Not shared
+# resources never leave; unconditional ones leave as is.
+# grade_treatment = {{ general = "clear", important = "mask", core = "pseudonymise" }}
 
 # Children this node pulls from (city and province nodes):
 # [[children]]

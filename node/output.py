@@ -89,6 +89,7 @@ def print_status(status: dict[str, Any]) -> None:
         f"[bold]{escape(status['name'])}[/bold]  node {status['code']}  tier {status['tier']}  "
         f"({serving} on {status['listen']})"
     )
+    _print_security(status.get("security"))
     if status.get("http"):
         console.print(f"metrics and status page: http://{status['http']}/")
     console.print(f"change log head: {status['head_seq']}")
@@ -112,8 +113,84 @@ def print_status(status: dict[str, Any]) -> None:
     _print_catalog_summary(status.get("catalog"))
     _print_model_summary(status.get("model"), status.get("discrepancies"))
     _print_quality_summary(status.get("quality"))
+    _print_grants_summary(status.get("grants"))
+    _print_sharing_summary(status.get("sharing"))
+    _print_audit_summary(status.get("audit"))
     if status["children"]:
         print_children(status["children"])
+
+
+def _print_audit_summary(audit: dict[str, Any] | None) -> None:
+    """Audit lines of `status`: this node's chain, the children's anchors, and loudly any
+    child caught rewriting its chain."""
+    if not audit:
+        return
+    text = f"audit chain: {audit['entries']} entries, head {audit['head_seq']}"
+    text += f" {audit['head_hash'][:16]}… (`tongyuan audit verify`)"
+    anchored = [
+        f"{c['child']} at {c['anchored_seq']}" for c in audit["children"] if c["anchored_seq"]
+    ]
+    if anchored:
+        text += f"; children anchored: {', '.join(anchored)}"
+    console.print(text, highlight=False)
+    for problem in audit["problems"]:
+        console.print(Text(f"  AUDIT: {problem['problem']}", style="bold red"), highlight=False)
+
+
+def _print_grants_summary(grants: dict[str, Any] | None) -> None:
+    """Grants line of `status`: return flows held here and given here, the next expiry."""
+    if not grants or not any(
+        grants[k] for k in ("held", "requested", "given", "to_decide", "rows_returned")
+    ):
+        return
+    text = (
+        f"grants: {grants['held']} held ({grants['rows_returned']} rows returned, "
+        f"{grants['requested']} requested), {grants['given']} given"
+    )
+    if grants["to_decide"]:
+        text += f", {grants['to_decide']} to decide (`tongyuan grant list`)"
+    if grants["next_expiry"]:
+        text += f"; next expiry {grants['next_expiry']}"
+    console.print(text, highlight=False)
+
+
+def _print_security(security: dict[str, Any] | None) -> None:
+    """Security line of `status`: plaintext is printed loudly, never as a footnote."""
+    if not security:
+        return
+    mode = security["mode"]
+    if mode == "plaintext-dev":
+        console.print(
+            Text(
+                "PLAINTEXT — development only, federation is not authenticated "
+                "([security] plaintext_dev = true)",
+                style="bold white on red",
+            ),
+            highlight=False,
+        )
+    elif mode == "no-certificate":
+        problem = security.get("problem")
+        console.print(
+            Text(
+                "security: NO CERTIFICATE — every federation call is refused; run "
+                "`tongyuan pki request` (or `pki init-root` at the top node)"
+                + (f" ({problem})" if problem else ""),
+                style="bold red",
+            ),
+            highlight=False,
+        )
+    else:
+        parent = security.get("parent") or "none (holds the federation root)"
+        expired = security.get("expired")
+        console.print(
+            Text(
+                f"security: mutual TLS, certificate {security['serial']} "
+                f"(sha256 {security['fingerprint'][:16]}…), parent {parent}, "
+                f"{'EXPIRED' if expired else 'valid until'} {security['not_after']}",
+                style="bold red" if expired else "",
+            ),
+            highlight=False,
+        )
 
 
 def _print_catalog_summary(summary: dict[str, Any] | None) -> None:
@@ -192,6 +269,27 @@ def _print_quality_summary(quality: dict[str, Any] | None) -> None:
         line += f", {feedback['overdue']} overdue"
     console.print(
         Text(line, style="yellow" if held or feedback["overdue"] else ""), highlight=False
+    )
+
+
+def _print_sharing_summary(sharing: dict[str, Any] | None) -> None:
+    """Sharing line of `status`: own resources per sharing kind, what is protected on the
+    way out, and whether pseudonyms agree across the federation."""
+    if not sharing:
+        return
+    kinds = sharing["resources"]
+    protected = sharing["protected_attributes"]
+    shown = ", ".join(f"{a} {t}" for a, t in list(protected.items())[:6])
+    more = f" (+{len(protected) - 6})" if len(protected) > 6 else ""
+    key = sharing["federation_key"]
+    console.print(
+        Text(
+            f"sharing enforced: {kinds.get('unconditional', 0)} unconditional, "
+            f"{kinds.get('conditional', 0)} conditional, {kinds.get('none', 0)} not shared; "
+            f"leaving protected: {shown or 'nothing'}{more}; federation key: {key}",
+            style="yellow" if key == "local only" else "",
+        ),
+        highlight=False,
     )
 
 

@@ -35,6 +35,12 @@ from node.federation.servicer import FederationServicer
 from node.observe.http import HttpEndpoint, Observer
 from node.observe.metrics import CONTENT_TYPE, NodeMetrics
 from node.observe.view import build_view
+from node.security.identity import (
+    FederationGuard,
+    SecurityMode,
+    load_security,
+    server_credentials,
+)
 from node.service import NodeService
 from node.store import Store
 from node.wire import GRPC_MESSAGE_OPTIONS
@@ -169,11 +175,15 @@ class NodeServer:
     def _open_health(self) -> None:
         """Start the federation port with health NOT_SERVING, before the store opens."""
         config = self.config
+        # mTLS with an installed identity; plaintext only when the config says so.
+        self.security = load_security(config)
+        self.guard = FederationGuard(config, self.security)
         self.health = health.HealthServicer()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.federation = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="federation"),
             options=GRPC_MESSAGE_OPTIONS,
+            interceptors=[self.guard],
         )
         self.starting_federation = StartingFederation()
         federation_pb2_grpc.add_FederationServicer_to_server(
@@ -183,14 +193,17 @@ class NodeServer:
         reflection.enable_server_reflection(
             (FEDERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.federation
         )
-        port = self._bind(self.federation, config.listen)
+        identity = self.security.identity
+        credentials = server_credentials(identity) if identity is not None else None
+        port = self._bind(self.federation, config.listen, credentials)
         host = config.listen.rpartition(":")[0]
         self.listen = f"{host}:{port}"
         self.federation.start()
 
     def _wire(self) -> None:
         config = self.config
-        self.links = LinkManager(config, self.store)
+        self.links = LinkManager(config, self.store, self.security)
+        self.guard.attach_audit(lambda kind, detail: self.store.audit.record(kind, detail))
         self.scheduler = BackgroundScheduler(timezone="UTC")
         if config.http.enabled:
             self.http = HttpEndpoint(config.http.listen)
@@ -213,9 +226,14 @@ class NodeServer:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.service), self.admin)
         self.admin_port = self._bind(self.admin, "127.0.0.1:0")
 
-    def _bind(self, server: grpc.Server, address: str) -> int:
+    def _bind(
+        self, server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None = None
+    ) -> int:
         try:
-            port = int(server.add_insecure_port(address))
+            if credentials is not None:
+                port = int(server.add_secure_port(address, credentials))
+            else:
+                port = int(server.add_insecure_port(address))
         except RuntimeError as exc:
             port = 0
             log.debug("bind %s failed: %s", address, exc)
@@ -236,6 +254,15 @@ class NodeServer:
                 f"quality-{code}",
                 "pull_quality",
                 self.config.quality.report_pull_seconds,
+                datetime.now(UTC),
+            ),
+            # Grant requests up, grants and return flows down (see ChildLink.sync_grants).
+            (f"grants-{code}", "sync_grants", self.config.sync.grant_check_seconds, None),
+            # The child's audit chain verified and its head anchored in ours (first at once).
+            (
+                f"audit-{code}",
+                "anchor_audit",
+                self.config.sync.audit_anchor_seconds,
                 datetime.now(UTC),
             ),
         )
@@ -283,6 +310,14 @@ class NodeServer:
             coalesce=True,
         )
         self.scheduler.add_job(
+            self._end_grants,
+            "interval",
+            seconds=self.config.sync.grant_check_seconds,
+            id="grants",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
             self._crosscheck,
             "interval",
             seconds=store_settings.crosscheck_interval_seconds,
@@ -298,12 +333,26 @@ class NodeServer:
         if self.http is not None:
             self._start_http(self.http)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        mode = self.security.mode
+        if mode is SecurityMode.PLAINTEXT_DEV:
+            log.warning("PLAINTEXT federation: development only, callers are not authenticated")
+        elif mode is SecurityMode.NO_CERTIFICATE:
+            log.warning(
+                "node %s has no certificate: every federation call is refused and no child is "
+                "pulled until `tongyuan pki install` (and a restart)",
+                self.config.code,
+            )
         log.info(
-            "node %s (%s, %s) serving federation on %s%s",
+            "node %s (%s, %s) serving federation on %s (%s)%s",
             self.config.code,
             self.config.tier.value,
             self.config.name,
             self.listen,
+            {
+                SecurityMode.MTLS: "mutual TLS",
+                SecurityMode.PLAINTEXT_DEV: "PLAINTEXT, development only",
+                SecurityMode.NO_CERTIFICATE: "no certificate: federation refused",
+            }[mode],
             f", metrics and status page on http://{self.http.address}/" if self.http else "",
         )
 
@@ -335,6 +384,21 @@ class NodeServer:
         now = datetime.now(UTC)
         samples = [(c["code"], c["lag"], c["lag_seconds"]) for c in self.service.list_children()]
         self.store.record_lag_samples(now, samples, keep_since=now - LAG_SAMPLES_KEPT)
+
+    def _end_grants(self) -> None:
+        """Grants given here that expired are noted (the child learns it with the next
+        grant set); returned slices held here whose grant expired or was revoked are
+        purged and the purge recorded."""
+        grants = self.store.grants
+        for grant_id in grants.expire_given():
+            log.info("grant %s expired: no more return flow for it", grant_id)
+        for purge in grants.purge_ended():
+            log.info(
+                "grant %s %s: purged %d returned rows",
+                purge["id"],
+                purge["ended"],
+                purge["rows_purged"],
+            )
 
     def _crosscheck(self) -> None:
         changed = self.store.sources.crosscheck()

@@ -27,6 +27,10 @@ from node.quality.feedback import FeedbackService
 from node.quality.operations import QualityService
 from node.quality.report import QualityReporter
 from node.readers import read_source_file
+from node.security.audit import AuditService, operation_entry
+from node.security.grants import GrantService
+from node.security.pki_operations import PkiService
+from node.security.sharing import SharingService
 from node.sources.operations import SourcesService
 from node.store import Store
 
@@ -85,6 +89,10 @@ class NodeService:
         self.reporter = QualityReporter(config, store)
         self.quality = QualityService(config, store, self.reporter)
         self.feedback = FeedbackService(config, store)
+        self.grants = GrantService(config, store)
+        self.pki = PkiService(config, store, links)
+        self.sharing = SharingService(config, store)
+        self.audit = AuditService(config.code, store)
         # Operations reached by name through `call` (the admin API's generic method).
         self._operations: dict[str, Callable[..., Any]] = {
             "catalog.add": self.catalog.add,
@@ -120,6 +128,23 @@ class NodeService:
             "feedback.list": self.feedback.list,
             "feedback.respond": self.feedback.respond,
             "objection.raise": self.feedback.raise_objection,
+            "grant.request": self.grants.request,
+            "grant.list": self.grants.list,
+            "grant.approve": self.grants.approve,
+            "grant.deny": self.grants.deny,
+            "grant.revoke": self.grants.revoke,
+            "pki.init_root": self.pki.init_root,
+            "pki.request": self.pki.request,
+            "pki.issue": self.pki.issue,
+            "pki.install": self.pki.install,
+            "pki.revoke": self.pki.revoke,
+            "pki.show": self.pki.show,
+            "pki.list": self.pki.list_issued,
+            "export.write": self.sharing.export,
+            "audit.show": self.audit.show,
+            "audit.verify": self.audit.verify,
+            "audit.export": self.audit.export,
+            "audit.forget_child": self.audit.forget_child,
         }
 
     @property
@@ -137,7 +162,12 @@ class NodeService:
             inspect.signature(operation).bind(**args)
         except TypeError as exc:  # a client that does not match this node's version
             raise UserError(f"{method}: {exc}") from None
-        return operation(**args)
+        result = operation(**args)
+        # State-changing operations leave evidence in the audit chain (who, what, outcome).
+        entry = operation_entry(method, args, result)
+        if entry is not None:
+            self.store.audit.record(entry[0], entry[1], actor=str(args.get("actor", "")))
+        return result
 
     def _importable(self, resource: str) -> tuple[Any, Entry]:
         """The published resource an import goes into: (entity, entry)."""
@@ -208,6 +238,23 @@ class NodeService:
             columns=[f.name for f in entry.fields],
             observing=observing,
         )
+        self.store.audit.record(
+            "ingest",
+            {
+                "resource": resource,
+                "department": department,
+                "batch_id": result.batch_id,
+                "file": path.name,
+                "snapshot": options.snapshot,
+                "rows_read": result.rows_read,
+                "inserted": result.inserted,
+                "updated": result.updated,
+                "deleted": result.deleted,
+                "quarantined": result.quarantined,
+                "first_seq": result.first_seq,
+                "last_seq": result.last_seq,
+            },
+        )
         return asdict(result) | {
             "resource": resource,
             "department": department,
@@ -250,6 +297,7 @@ class NodeService:
         self._children[code] = child
         self.store.ensure_link(code)
         self.record_children()
+        self.store.audit.record("children.add", {"child": code, "address": address})
         if self.links is not None:
             self.links.add(child)
         return self.list_children()
@@ -262,6 +310,7 @@ class NodeService:
         del self._children[code]
         self.store.catalog.forget_child(code)
         self.store.scores.forget_child(code)
+        self.store.audit.record("children.remove", {"child": code})
         if self.links is not None:
             self.links.remove(code)
         return self.list_children()
@@ -324,6 +373,7 @@ class NodeService:
             "tier": identity.tier,
             "node_id": identity.node_id,
             "serving": self.serving,
+            "security": self.pki.summary(),
             "listen": self.listen or self.config.listen,
             "http": self.http,
             "head_seq": self.store.head_seq,
@@ -342,6 +392,9 @@ class NodeService:
             "model": self.model.summary(),
             "discrepancies": self.store.sources.counts(),
             "quality": self.quality.summary(),
+            "grants": self.grants.summary(),
+            "sharing": self.sharing.summary(),
+            "audit": self.audit.summary(),
             "recent_ingests": [
                 {**i, "finished_at": _iso(i["finished_at"])} for i in self.store.last_ingests()
             ],

@@ -7,6 +7,7 @@ node's schema before anything is applied.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pyarrow as pa
@@ -63,7 +64,10 @@ def decode_batch(message: pb.ChangeBatch, entities: dict[str, Entity], child: st
     if message.last_seq < message.after_seq:
         raise BatchRejected(f"{where}: window ends before it starts")
     tables: dict[str, pa.Table] = {}
+    digest = hashlib.sha256()
     for part in message.entities:
+        digest.update(part.entity.encode() + b"\x1f")
+        digest.update(part.arrow_ipc)
         entity = entities.get(part.entity)
         if entity is None:
             raise BatchRejected(
@@ -86,6 +90,7 @@ def decode_batch(message: pb.ChangeBatch, entities: dict[str, Entity], child: st
         head_seq=message.head_seq,
         tables=tables,
         model_digest=message.model_digest,
+        digest=digest.hexdigest(),
     )
 
 

@@ -8,7 +8,11 @@
     cross-check of them against the N authoritative records (in process, one store);
 (e) quality: the base rule library over N Person rows (1 in 100 with a wrong check digit):
     the rules alone (one screening query over the staged rows), and a whole import with
-    the library against the same import without rules (in process, fresh stores).
+    the library against the same import without rules (in process, fresh stores);
+(f) sharing: the backfill of (a) for a conditional resource (ID numbers pseudonymised,
+    names and addresses masked at the county before they leave), against (a);
+(g) identity: one-hop latency county → city over mutual TLS (certificates from
+    `tongyuan pki`) against the same hop in plaintext development mode.
 
 Run through `scripts/bench` (which installs what it needs); `--quick` for a smoke run.
 """
@@ -77,19 +81,64 @@ def _kill_leftovers() -> None:
             process.kill()
 
 
+# (f): the people resource shared on conditions: ID numbers leave pseudonymised, names
+# and addresses masked (the default treatments of the core and important grades).
+CONDITIONAL_PEOPLE = """
+code = "{code}"
+name = "户籍人口信息"
+summary = "benchmark people, shared on conditions"
+department = "公安局"
+entity = "person"
+update_frequency = "daily"
+sharing = "conditional"
+sharing_conditions = "仅限政务部门履职使用"
+[[fields]]
+name = "id_number"
+sensitivity = "core"
+[[fields]]
+name = "name"
+sensitivity = "important"
+[[fields]]
+name = "address"
+sensitivity = "important"
+[[fields]]
+name = "sex"
+[[fields]]
+name = "phone"
+[[fields]]
+name = "birth_date"
+[[fields]]
+name = "division_code"
+"""
+
+
 class BenchNode:
-    def __init__(self, directory: Path, code: str, **sync: object) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        code: str,
+        *,
+        plaintext: bool = True,
+        conditional: bool = False,
+        **sync: object,
+    ) -> None:
         self.directory = directory
         self.code = code
         self.address = f"127.0.0.1:{free_port()}"
-        tongyuan(directory, "init", "--code", code, "--listen", self.address)
+        mode = ("--plaintext-dev",) if plaintext else ()
+        tongyuan(directory, "init", "--code", code, "--listen", self.address, *mode)
         # The published resource every import goes into.
         self.people = f"{code}-GA-001"
-        tongyuan(
-            directory, "catalog", "add", "--code", self.people, "--name", "户籍人口信息",
-            "--summary", "benchmark people", "--department", "公安局", "--entity", "person",
-            "--frequency", "daily", "--sharing", "unconditional", "--publish",
-        )  # fmt: skip
+        if conditional:
+            entry = directory.parent / f"{directory.name}-entry.toml"
+            entry.write_text(CONDITIONAL_PEOPLE.format(code=self.people), encoding="utf-8")
+            tongyuan(directory, "catalog", "add", str(entry), "--publish")
+        else:
+            tongyuan(
+                directory, "catalog", "add", "--code", self.people, "--name", "户籍人口信息",
+                "--summary", "benchmark people", "--department", "公安局", "--entity", "person",
+                "--frequency", "daily", "--sharing", "unconditional", "--publish",
+            )  # fmt: skip
         if sync:
             config = directory / "tongyuan.toml"
             text = config.read_text(encoding="utf-8")
@@ -292,52 +341,128 @@ def latency(work: Path, changes: int, preload: int, rules: bool = False) -> list
 
         # Watch the province's change stream as its parent would: a change is seen
         # as soon as the province commits it.
-        seen: dict[str, float] = {}
-        arrived = threading.Condition()
         province_head = province_api.status()["head_seq"]
         channel = grpc.insecure_channel(province.address, options=GRPC_MESSAGE_OPTIONS)
-        stream = fpb_grpc.FederationStub(channel).PullChanges(
-            fpb.PullRequest(parent_code="320000", after_seq=province_head, follow=True)
-        )
-
-        def watch() -> None:
-            try:
-                for batch in stream:
-                    now = time.perf_counter()
-                    for part in batch.entities:
-                        if part.entity != "person":
-                            continue  # the resource's catalogue entry (its last change)
-                        with pa.ipc.open_stream(pa.py_buffer(part.arrow_ipc)) as reader:
-                            table = reader.read_all()
-                        with arrived:
-                            for phone in table.column("phone").to_pylist():
-                                seen[phone] = now
-                            arrived.notify_all()
-            except grpc.RpcError:
-                return
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        results = []
-        one = people.slice(0, 1).to_pylist()[0]
-        for i in range(changes):
-            phone = f"199{i:08d}"
-            row = {**one, "phone": phone}
-            path = work / "change.csv"
-            pacsv.write_csv(pa.Table.from_pylist([row], schema=people.schema), path)
-            county_api.ingest(county.people, path)
-            committed = time.perf_counter()
-            with arrived:
-                arrived.wait_for(lambda p=phone: p in seen, timeout=30)  # type: ignore[misc]
-            results.append((seen[phone] - committed) * 1000)
-            time.sleep(0.01)
-        stream.cancel()
+        results = changes_seen(work, county, county_api, people, channel, province_head, changes)
         channel.close()
         for api in (county_api, city_api, province_api):
             api.close()
         return results
     finally:
         for node in (county, city, province):
+            node.stop()
+
+
+def changes_seen(
+    work: Path,
+    county: BenchNode,
+    county_api: RemoteNode,
+    people: pa.Table,
+    channel: grpc.Channel,
+    after: int,
+    changes: int,
+) -> list[float]:
+    """Milliseconds from each single-row change committed at the county until it shows in
+    the change stream of the node `channel` reaches (pulled as that node's parent would,
+    from its sequence `after`)."""
+    seen: dict[str, float] = {}
+    arrived = threading.Condition()
+    parent_code = "320000"
+    stream = fpb_grpc.FederationStub(channel).PullChanges(
+        fpb.PullRequest(parent_code=parent_code, after_seq=after, follow=True)
+    )
+
+    def watch() -> None:
+        try:
+            for batch in stream:
+                now = time.perf_counter()
+                for part in batch.entities:
+                    if part.entity != "person":
+                        continue  # the resource's catalogue entry (its last change)
+                    with pa.ipc.open_stream(pa.py_buffer(part.arrow_ipc)) as reader:
+                        table = reader.read_all()
+                    with arrived:
+                        for phone in table.column("phone").to_pylist():
+                            seen[phone] = now
+                        arrived.notify_all()
+        except grpc.RpcError:
+            return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    results = []
+    one = people.slice(0, 1).to_pylist()[0]
+    for i in range(changes):
+        phone = f"199{i:08d}"
+        row = {**one, "phone": phone}
+        path = work / "change.csv"
+        pacsv.write_csv(pa.Table.from_pylist([row], schema=people.schema), path)
+        county_api.ingest(county.people, path)
+        committed = time.perf_counter()
+        with arrived:
+            arrived.wait_for(lambda p=phone: p in seen, timeout=30)  # type: ignore[misc]
+        if phone not in seen:
+            raise RuntimeError(f"change {i} did not arrive within 30 s")
+        results.append((seen[phone] - committed) * 1000)
+        time.sleep(0.01)
+    stream.cancel()
+    return results
+
+
+def certify(work: Path, parent: BenchNode, child: BenchNode) -> None:
+    """`pki request` at the child, `pki issue` at the parent, `pki install` at the child."""
+    csr, bundle = work / f"{child.code}.csr", work / f"{child.code}.bundle"
+    tongyuan(child.directory, "pki", "request", "-o", str(csr))
+    tongyuan(parent.directory, "pki", "issue", str(csr), "-o", str(bundle))
+    tongyuan(child.directory, "pki", "install", str(bundle))
+
+
+def hop_latency(work: Path, changes: int, preload: int, tls: bool) -> list[float]:
+    """County commit → city commit for single-row changes over one link, in ms: with
+    `tls` over mutual TLS (certificates from `tongyuan pki`), else in plaintext
+    development mode. The stream is watched as the city's parent (the province) would,
+    with the province's certificate."""
+    name = "hop-tls" if tls else "hop"
+    province = BenchNode(work / f"{name}-province", "320000", plaintext=not tls)
+    city = BenchNode(work / f"{name}-city", "320100", plaintext=not tls)
+    county = BenchNode(work / f"{name}-county", "320102", plaintext=not tls)
+    if tls:
+        tongyuan(province.directory, "pki", "init-root")
+        certify(work, province, city)
+        certify(work, city, county)
+    city.start()
+    county.start()
+    try:
+        people = bench_people(preload, "320102", seed=3)
+        data = work / "hop-people.parquet"
+        pq.write_table(people, data)
+        county_api, city_api = county.api(), city.api()
+        county_api.ingest(county.people, data)
+        city_api.add_child(county.code, county.address)
+        wait_caught_up(city_api, county.code, county_api.status()["head_seq"])
+        city_head = city_api.status()["head_seq"]
+        if tls:
+            security = province.directory / "security"
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=(security / "root.crt").read_bytes(),
+                private_key=(security / "node.key").read_bytes(),
+                certificate_chain=(security / "fullchain.pem").read_bytes(),
+            )
+            options = [
+                *GRPC_MESSAGE_OPTIONS,
+                # The city's name under its issuer, the province (node-CODE.ISSUER.tongyuan).
+                ("grpc.ssl_target_name_override", "node-320100.320000.tongyuan"),
+            ]
+            channel = grpc.secure_channel(city.address, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(city.address, options=GRPC_MESSAGE_OPTIONS)
+        results = changes_seen(work, county, county_api, people, channel, city_head, changes)
+        channel.close()
+        county_api.close()
+        city_api.close()
+        return results
+    finally:
+        for node in (county, city):
             node.stop()
 
 
@@ -444,8 +569,10 @@ def quality_people(rows: int) -> pa.Table:
     return pa.table({n: people.column(n).cast(pa.string()) for n in people.column_names})
 
 
-def prepare_county(work: Path, rows: int, name: str) -> tuple[BenchNode, int]:
-    county = BenchNode(work / name, "320102")
+def prepare_county(
+    work: Path, rows: int, name: str, conditional: bool = False
+) -> tuple[BenchNode, int]:
+    county = BenchNode(work / name, "320102", conditional=conditional)
     data = work / f"{name}.parquet"
     pq.write_table(bench_people(rows, "320102", seed=1), data)
     tongyuan(county.directory, "ingest", county.people, str(data))
@@ -487,6 +614,21 @@ def main() -> None:
         ]
     finally:
         county.stop()
+    shared_county, shared_head = timed(
+        f"loading {args.rows:,} people, shared on conditions",
+        lambda: prepare_county(work, args.rows, "county-conditional", conditional=True),
+    )
+    try:
+        conditional = [
+            timed(
+                f"conditional backfill run {r + 1}",
+                lambda r=r: backfill_once(work, shared_county, shared_head, 10 + r),
+            )[0]
+            for r in range(args.runs)
+        ]
+    finally:
+        shared_county.stop()
+        shutil.rmtree(shared_county.directory, ignore_errors=True)
     raw = [
         timed(
             f"raw ceiling run {r + 1}",
@@ -521,6 +663,14 @@ def main() -> None:
     lat_rules = timed(
         f"{args.changes} single-row changes, rule library in force",
         lambda: latency(work, args.changes, 10_000, rules=True),
+    )
+    hop_plain = timed(
+        f"{args.changes} single-row changes, one hop, plaintext",
+        lambda: hop_latency(work, args.changes, 10_000, tls=False),
+    )
+    hop_tls = timed(
+        f"{args.changes} single-row changes, one hop, mutual TLS",
+        lambda: hop_latency(work, args.changes, 10_000, tls=True),
     )
     big, big_head = timed(
         f"loading {args.memory_rows:,} people",
@@ -607,6 +757,25 @@ def main() -> None:
             f"{args.rows:,} rows",
             f"{args.rows / median([q[2] for q in quality]):,.0f} rows/s",
             f"with rules at {quality_share:.0%} of this speed",
+        ),
+        (
+            "(f) backfill county → city, conditional resource",
+            f"{args.rows:,} rows",
+            f"{args.rows / median(conditional):,.0f} rows/s",
+            f"median {median(conditional):.2f} s; IDs pseudonymised, names and addresses "
+            f"masked at the county; at {median(framework) / median(conditional):.0%} of (a)",
+        ),
+        (
+            "(g) latency county → city, plaintext",
+            f"{len(hop_plain)} changes",
+            f"p50 {median(hop_plain):.1f} ms",
+            f"p99 {p99(hop_plain):.1f} ms; one hop, development mode",
+        ),
+        (
+            "(g) the same over mutual TLS",
+            f"{len(hop_tls)} changes",
+            f"p50 {median(hop_tls):.1f} ms",
+            f"p99 {p99(hop_tls):.1f} ms; certificates from `tongyuan pki`",
         ),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -110,6 +110,8 @@ class Plan:
     user: str | None
     source: Path
     python: Path | None
+    plaintext_dev: bool = False
+    pki_bundle: Path | None = None
 
     @property
     def program(self) -> str:
@@ -294,6 +296,17 @@ def arguments(tier: str) -> argparse.ArgumentParser:
         help="use this interpreter, which already has Tongyuan "
         "installed, instead of creating PREFIX/venv (nothing is installed)",
     )
+    add(
+        "--plaintext-dev",
+        action="store_true",
+        help="federation without TLS or identity checks: development only",
+    )
+    add(
+        "--pki-bundle",
+        metavar="FILE",
+        help="install this certificate bundle (from the parent's `tongyuan pki issue` for the "
+        "request an earlier run wrote to DIR/security/node.csr)",
+    )
     return parser
 
 
@@ -344,6 +357,13 @@ def make_plan(tier: str, argv: Sequence[str]) -> Plan:
         raise InputError("--user is for --systemd (the start script runs as whoever runs it)")
     if args.python and args.source:
         raise InputError("--python uses an interpreter that already has Tongyuan: no --source")
+    bundle = Path(args.pki_bundle).expanduser().resolve() if args.pki_bundle else None
+    if bundle is not None and args.plaintext_dev:
+        raise InputError("--pki-bundle and --plaintext-dev exclude each other")
+    if bundle is not None and tier == "province":
+        raise InputError("--pki-bundle: a province creates the federation root itself")
+    if bundle is not None and not bundle.is_file():
+        raise InputError(f"--pki-bundle {bundle} is not a file")
     return Plan(
         tier=tier,
         code=code,
@@ -358,6 +378,8 @@ def make_plan(tier: str, argv: Sequence[str]) -> Plan:
         user=args.user,
         source=check_source(args.source),
         python=check_python(args.python),
+        plaintext_dev=args.plaintext_dev,
+        pki_bundle=bundle,
     )
 
 
@@ -673,11 +695,71 @@ def ensure_initialised(plan: Plan, env: Environment, report: Report) -> str:
     args = ["init", "--code", plan.code, "--listen", plan.listen]
     if plan.name:
         args += ["--name", plan.name]
+    if plan.plaintext_dev:
+        args += ["--plaintext-dev"]
     result = tongyuan(env, plan, *args)
     if result.returncode != 0:
         raise StepFailed(step, f"tongyuan init failed: {last_line(result)}")
     report.ok(step, result.stdout.strip().splitlines()[0])
     return str(read_node_config(plan.directory).get("name"))
+
+
+def ensure_certificates(plan: Plan, env: Environment, report: Report) -> bool:
+    """Node identity: a province creates the federation root; a county or city writes a
+    certificate request for its parent and, given the parent's bundle, installs it.
+    Returns True when a running node must restart to serve with its new certificate."""
+    step = "certificates"
+    security = plan.directory / "security"
+    config_text = (plan.directory / CONFIG_FILE).read_text(encoding="utf-8")
+    if "plaintext_dev = true" in config_text:
+        report.skip(
+            step,
+            "plaintext development mode (--plaintext-dev): no certificates, federation is "
+            "not authenticated",
+        )
+        return False
+    installed = security / "node.crt"
+    if plan.pki_bundle is not None:
+        try:
+            wanted = json.loads(plan.pki_bundle.read_text(encoding="utf-8"))["certificate"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StepFailed(
+                step, f"--pki-bundle {plan.pki_bundle} is not a bundle: {exc}"
+            ) from None
+        if installed.exists() and installed.read_text(encoding="utf-8") == wanted:
+            report.skip(step, f"the bundle's certificate is installed ({installed})")
+            return False
+        result = tongyuan(env, plan, "pki", "install", str(plan.pki_bundle))
+        if result.returncode != 0:
+            raise StepFailed(step, f"tongyuan pki install failed: {last_line(result)}")
+        report.ok(step, f"installed {plan.pki_bundle}: federation is mutual TLS")
+        return True
+    if installed.exists():
+        report.skip(step, f"node identity installed ({installed})")
+        return False
+    if plan.tier == "province":
+        result = tongyuan(env, plan, "pki", "init-root")
+        if result.returncode != 0:
+            raise StepFailed(step, f"tongyuan pki init-root failed: {last_line(result)}")
+        report.ok(step, f"created the federation root and this node's certificate in {security}")
+        return True
+    request = security / "node.csr"
+    if request.exists():
+        report.skip(
+            step,
+            f"waiting for the parent's bundle for {request}: run again with --pki-bundle FILE",
+        )
+        return False
+    result = tongyuan(env, plan, "pki", "request", "-o", str(request))
+    if result.returncode != 0:
+        raise StepFailed(step, f"tongyuan pki request failed: {last_line(result)}")
+    report.ok(
+        step,
+        f"wrote the certificate request {request}; the parent's operator runs `tongyuan pki "
+        "issue node.csr -o BUNDLE`, then run this again with --pki-bundle BUNDLE (until then "
+        "the node refuses every federation call)",
+    )
+    return False
 
 
 def ensure_children(plan: Plan, env: Environment, report: Report) -> None:
@@ -916,6 +998,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 address, admin, timeout, pid = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+# With a certificate installed the port is mutual TLS: check as the node itself.
+security, code = Path(sys.argv[5]), sys.argv[6]
 
 def alive():
     if not pid:
@@ -928,8 +1012,25 @@ def alive():
         return True
     return stat.rpartition(")")[2].split()[0] != "Z"
 
+def channel():
+    if not (security / "node.crt").exists() or "plaintext_dev = true" in (
+        admin.parent.parent / "tongyuan.toml"
+    ).read_text(encoding="utf-8"):
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(
+        (security / "root.crt").read_bytes(),
+        (security / "node.key").read_bytes(),
+        (security / "fullchain.pem").read_bytes(),
+    )
+    # Its own name (node-CODE.ISSUER.tongyuan), as its certificate says.
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate((security / "node.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    name = ("grpc.ssl_target_name_override", san.get_values_for_type(x509.DNSName)[0])
+    return grpc.secure_channel(address, credentials, options=[name])
+
 deadline = time.monotonic() + timeout
-with grpc.insecure_channel(address) as channel:
+with channel() as channel:
     stub = health_pb2_grpc.HealthStub(channel)
     while True:
         try:
@@ -961,6 +1062,8 @@ def check_health(plan: Plan, env: Environment, pid: int | None, report: Report) 
             str(plan.directory / ADMIN_FILE),
             str(HEALTH_TIMEOUT_SECONDS),
             str(pid or ""),
+            str(plan.directory / "security"),
+            plan.code,
         ],
         timeout=HEALTH_TIMEOUT_SECONDS + 30,
     )
@@ -1025,11 +1128,10 @@ def install(plan: Plan) -> None:
         env = ensure_environment(plan, report)
         name = ensure_initialised(plan, env, report)
         ensure_children(plan, env, report)
-        report.skip(
-            "certificates",
-            "node identity (certificates) does not exist in Tongyuan yet, so there is none to "
-            "install; the federation link is plain gRPC: keep it on the government network",
-        )
+        restart = ensure_certificates(plan, env, report)
+        if restart and serving_pid(plan.directory) is not None and plan.stop_script.exists():
+            # It serves with its old identity: the start step below starts it again.
+            run([str(plan.stop_script)], timeout=60)
         advertised, how = advertised_address(plan.listen, plan.parent)
         parent_command = f"tongyuan children add {plan.code} {advertised}"
         ensure_record(plan, env, parent_command, report)

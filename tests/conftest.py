@@ -23,6 +23,7 @@ import tomlkit
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from node.client import open_node
+from node.security.pki import own_dns_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,9 +65,32 @@ class Node:
         self.log_path = directory.parent / f"{directory.name}.log"
         self._resources: dict[tuple[str, str], str] = {}
 
-    def init(self, *extra: str) -> Node:
-        run_cli(self.directory, "init", "--code", self.code, "--listen", self.address, *extra)
+    def init(self, *extra: str, plaintext: bool = True) -> Node:
+        """`init`; plaintext (`--plaintext-dev`) unless a test builds identities with pki."""
+        flags = ("--plaintext-dev",) if plaintext else ()
+        run_cli(
+            self.directory, "init", "--code", self.code, "--listen", self.address, *flags, *extra
+        )
         return self
+
+    def channel(self) -> grpc.Channel:
+        """A channel to this node's federation port as the node itself (its own certificate
+        when it has one installed; health answers any certificate of the federation)."""
+        security = self.directory / "security"
+        config = (self.directory / "tongyuan.toml").read_text(encoding="utf-8")
+        if "plaintext_dev = true" in config or not (security / "node.crt").exists():
+            return grpc.insecure_channel(self.address)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(security / "root.crt").read_bytes(),
+            private_key=(security / "node.key").read_bytes(),
+            certificate_chain=(security / "fullchain.pem").read_bytes(),
+        )
+        return grpc.secure_channel(
+            self.address,
+            credentials,
+            # Its own name (`node-CODE.ISSUER.tongyuan`), as its certificate says.
+            options=[("grpc.ssl_target_name_override", own_dns_name(security))],
+        )
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(self.directory, *args, check=check)
@@ -94,7 +118,7 @@ class Node:
 
     def wait_serving(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:

@@ -1,5 +1,6 @@
-"""scripts/demo end to end: four real nodes, the counties' rows reaching the province, a live
-change, and every node stopped at the end. Runs with the test interpreter (no venv install) and
+"""scripts/demo end to end: four real nodes certified with `tongyuan pki` (mutual TLS), the
+counties' rows reaching the province (ID numbers only as pseudonyms), a live change, and every
+node stopped at the end. Runs with the test interpreter (no venv install) and
 200 people per county, in about 25 s on two cores."""
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def test_demo_reaches_the_province(tmp_path: Path) -> None:
     assert held is not None, output
     assert held.groups() == ("400", "200", "200", "60", "30", "30")
     assert "the province shows phone 13900000000" in output
+    assert "security: mutual TLS" in output  # the province's status
+    assert re.search(r"the ID number is ty1:[0-9a-f]{32} and the name", output), output
+    assert "never left it (rows holding it there: 0)" in output
     assert re.search(r"origin_node.*origin_dept.*people", output)
     assert "stopped 4 node(s) cleanly" in output
     assert not list(demo_dir.glob("*/run/admin.json")), "a node was left serving"

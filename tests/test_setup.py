@@ -27,6 +27,7 @@ from conftest import ROOT, free_port, run_cli
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from node.demo_data import fake_people
+from node.security.pki import own_dns_name
 
 FAST = ("--python", sys.executable)  # an interpreter that already has Tongyuan
 CODES = {"county": "320102", "city": "320100", "province": "320000"}
@@ -99,8 +100,23 @@ def setups(tmp_path: Path) -> Iterator[Setups]:
         runs.cleanup()
 
 
-def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def channel_to(address: str, directory: Path | None) -> grpc.Channel:
+    """Plaintext, or, when the node holds a certificate, mutual TLS as the node itself."""
+    security = directory / "security" if directory is not None else None
+    if security is None or not (security / "node.crt").exists():
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(
+        (security / "root.crt").read_bytes(),
+        (security / "node.key").read_bytes(),
+        (security / "fullchain.pem").read_bytes(),
+    )
+    # Its own name (`node-CODE.ISSUER.tongyuan`), as its certificate says.
+    override = ("grpc.ssl_target_name_override", own_dns_name(security))
+    return grpc.secure_channel(address, credentials, options=[override])
+
+
+def serving(address: str, directory: Path | None = None) -> bool:
+    with channel_to(address, directory) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=5
@@ -140,10 +156,15 @@ def test_second_run_changes_nothing(setups: Setups, tmp_path: Path, tier: str) -
     assert f"[ok]   node: initialised {tier} node {code}" in first.stdout
     if child is not None:
         assert f"[ok]   child {child}: added at 127.0.0.1:" in first.stdout
-    assert "[skip] certificates: node identity (certificates) does not exist" in first.stdout
+    made = {
+        "county": "[ok]   certificates: wrote the certificate request",
+        "city": "[ok]   certificates: wrote the certificate request",
+        "province": "[ok]   certificates: created the federation root",
+    }[tier]
+    assert made in first.stdout
     assert f"node {code} answers SERVING on 127.0.0.1:{port}" in first.stdout
     assert f"\ndone: {tier} node {code} " in first.stdout
-    assert serving(f"127.0.0.1:{port}")
+    assert serving(f"127.0.0.1:{port}", directory)
     (pid,) = node_pids(directory)
     before = snapshot(directory, prefix)
 
@@ -167,7 +188,7 @@ def test_a_province_city_county_chain_syncs(setups: Setups, tmp_path: Path) -> N
     tongyuan = prefix / "venv" / "bin" / "tongyuan"
     county, city, province = (tmp_path / name for name in ("county", "city", "province"))
     at = {name: f"127.0.0.1:{free_port()}" for name in ("county", "city", "province")}
-    common = ["--prefix", str(prefix)]
+    common = ["--prefix", str(prefix), "--plaintext-dev"]
 
     started = time.monotonic()
     out = setups.run("county", "--code", "320102", "--listen", at["county"], "--dir",

@@ -45,6 +45,8 @@ OPEN_ATTRIBUTES: dict[str, str] = {
     "closed": "不予开放",
 }
 SHARING_KINDS = ("unconditional", "conditional", "none")
+# What a sensitivity grade may do to an attribute leaving the node (node/store/outbound.py).
+TREATMENTS = ("clear", "mask", "pseudonymise")
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -67,9 +69,21 @@ class CatalogSettings:
         SharingAttribute("not_shared", "不予共享", "none"),
     )
     sensitivity_grades: tuple[str, ...] = ("general", "important", "core")
+    # What a grade does to an attribute of a conditional resource as it leaves the node
+    # (clear, mask or pseudonymise; see node/store/outbound.py), as (grade, treatment).
+    grade_treatment: tuple[tuple[str, str], ...] = (
+        ("general", "clear"),
+        ("important", "mask"),
+        ("core", "pseudonymise"),
+    )
 
     def sharing_attribute(self, sharing_id: str) -> SharingAttribute | None:
         return next((s for s in self.sharing if s.id == sharing_id), None)
+
+    def treatment_of(self, grade: str) -> str:
+        """A grade's treatment; a grade the config does not name is pseudonymised (the
+        safe side: a model may grade with names this province does not use)."""
+        return dict(self.grade_treatment).get(grade, "pseudonymise")
 
 
 @dataclass(frozen=True)

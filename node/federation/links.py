@@ -4,6 +4,7 @@ as the fallback, applying each group of windows and the checkpoint in one transa
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -20,8 +22,20 @@ from node._gen.tongyuan.v1 import federation_pb2 as pb
 from node._gen.tongyuan.v1 import federation_pb2_grpc as pb_grpc
 from node.config import Child, NodeConfig
 from node.errors import UserError
+from node.federation.servicer import MAX_WINDOW_BYTES
 from node.model.files import check_document
 from node.quality.report import check_report_document
+from node.security.audit import ChildAuditor
+from node.security.grants import check_request
+from node.security.identity import (
+    QuietRefusal,
+    Refusals,
+    Security,
+    SecurityMode,
+    load_security,
+    open_channel,
+    verify_child,
+)
 from node.store import IncomingBatch, Store
 from node.store.model import delivery_digest
 from node.store.quality import NEVER_SEQ
@@ -34,6 +48,9 @@ from node.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+# Windows of one grant's slice sent in one round of the return worker, at most.
+RETURN_ROUND_WINDOWS = 8
 
 CHANNEL_OPTIONS = [
     *GRPC_MESSAGE_OPTIONS,
@@ -63,11 +80,24 @@ class ChildLink:
     """Pulls one child's changes: `streaming` while subscribed, `polling` when the
     scheduler pulls because the stream is down, `down` when neither reaches the child."""
 
-    def __init__(self, child: Child, config: NodeConfig, store: Store) -> None:
+    def __init__(
+        self, child: Child, config: NodeConfig, store: Store, security: Security | None = None
+    ) -> None:
         self.child = child
         self._config = config
         self._store = store
-        self._channel = grpc.insecure_channel(child.address, options=CHANNEL_OPTIONS)
+        self._security = security or load_security(config)
+        # With mTLS the channel accepts only a certificate naming this child's code.
+        self._channel = open_channel(self._security, child.address, child.code, CHANNEL_OPTIONS)
+        # Why this child may not be pulled from now (its certificate was revoked), if so;
+        # every later session checks its certificate again anyway.
+        self._cut: str | None = None
+        # Set by a session whose identity checks passed; pulls outside a session need it
+        # (plaintext development mode checks no identity: trusted from the start).
+        self._trusted = self._security.mode is SecurityMode.PLAINTEXT_DEV
+        # Refused child certificates go to the audit chain (login.refused), each distinct
+        # refusal at most once a minute.
+        self._refusals = Refusals(lambda kind, detail: store.audit.record(kind, detail))
         self._stub = pb_grpc.FederationStub(self._channel)
         self._session = threading.Lock()
         self._stopping = threading.Event()
@@ -84,6 +114,20 @@ class ChildLink:
         # of the child's log every row passed it ("" and never: unknown).
         self._child_rules: tuple[str, int] = ("", NEVER_SEQ)
         self._quality_problem: str | None = None
+        # Return flows (grants given to this child), sent by their own worker thread
+        # (never on the apply path): per grant, the sequence of our log through which the
+        # child holds the slice (as it last said, or as its receipts said since), whether
+        # that is known yet, and when a window last left; the worker wakes when our head
+        # moves or `_returns_wake` is set. `_grant_round`: one requests pull / grants
+        # delivery at a time.
+        self._returned: dict[str, int] = {}
+        self._returns_known = False
+        self._returns_sent_at: dict[str, float] = {}
+        self._returns_wake = threading.Event()
+        self._returns_thread: threading.Thread | None = None
+        self._active_grants: tuple[int, list[dict[str, Any]]] = (-1, [])
+        self._grant_round = threading.Lock()
+        self._grant_problem: str | None = None
         self.state = "connecting"
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
@@ -92,6 +136,9 @@ class ChildLink:
         # Structured-log fields of every line about this link.
         self._log = {"child": child.code}
         store.ensure_link(child.code)
+        self._auditor = ChildAuditor(
+            child.code, config.code, store, config.sync.audit_recheck_seconds
+        )
 
     # ----- control -----------------------------------------------------------------
 
@@ -101,6 +148,18 @@ class ChildLink:
                 target=self._stream_forever, name=f"link-{self.child.code}", daemon=True
             )
             self._thread.start()
+        self._returns_thread = threading.Thread(
+            target=self._returns_forever, name=f"returns-{self.child.code}", daemon=True
+        )
+        self._returns_thread.start()
+
+    def cut(self, reason: str) -> None:
+        """End the current session now (a revoked certificate); the next one re-checks."""
+        self._cut = reason
+        self._trusted = False
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     def stop(self) -> None:
         """Stop pulling; an apply in progress finishes (it holds the store's writer)."""
@@ -108,8 +167,11 @@ class ChildLink:
         call = self._call
         if call is not None:
             call.cancel()
+        self._returns_wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._returns_thread is not None:
+            self._returns_thread.join(timeout=10)
         self._channel.close()
         self.state = "stopped"
 
@@ -207,6 +269,10 @@ class ChildLink:
 
     def _check_identity(self) -> None:
         """Refuse to pull from an address that serves some other node."""
+        self._trusted = False
+        # The child's certificate: names it, issued here, not revoked (mTLS only).
+        verify_child(self._security, self.child.code, self.child.address, refusals=self._refusals)
+        self._cut = None
         info = self._stub.GetInfo(pb.GetInfoRequest(caller_code=self._config.code), timeout=5)
         if info.code != self.child.code:
             raise UserError(
@@ -222,9 +288,17 @@ class ChildLink:
                 f"{info.node_id}); its change log restarted, so pulling on would skip or shadow "
                 "its changes — refusing until the link is reset"
             )
+        if self._cut is not None:  # revoked while we checked
+            raise UserError(self._cut)
+        # Trusted only now that it is the child we know (scheduled pulls need it); before
+        # the deliveries below, which neither need it nor may keep those jobs from running.
+        self._trusted = True
         self._pull_model(info.model_digest)
         self._child_rules = (info.rules_digest, info.rules_since_seq)
         self._deliver_downward(info)
+        # Grant requests up and grants down (cheap, skipped if a round is on); the return
+        # flows themselves leave from their worker, never from here.
+        self._take_grant_info(info)
 
     def _pull_model(self, child_digest: str) -> None:
         """Upward, pulled: keep the child's model (its proposal) when it changed."""
@@ -249,11 +323,21 @@ class ChildLink:
         models.save_child_model(self.child.code, model)
         log.info("child %s: works with model %s", self.child.code, model.label(), extra=self._log)
 
+    def anchor_audit(self) -> None:
+        """Scheduled job, upward: verify the child's new audit entries and record its head
+        in this node's own chain (node/security/audit.py). Off the apply path."""
+        if self._stopping.is_set() or not self._trusted:
+            return
+        try:
+            self._auditor.run(self._stub)
+        except UserError as exc:
+            log.warning("child %s: %s", self.child.code, exc, extra=self._log)
+
     def pull_quality(self) -> None:
         """Scheduled job, upward: the child's quality report (its subtree's scores), so
         scores roll up county → city → province. Off the apply path: a child computing
         its report never delays its changes."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or not self._trusted:
             return
         scores = self._store.scores
         try:
@@ -340,6 +424,206 @@ class ChildLink:
                 _describe(exc),
                 extra=self._log,
             )
+
+    # ----- grants and return flows ----------------------------------------------------
+
+    def sync_grants(self) -> None:
+        """Scheduled job: the child's new grant requests and its return checkpoints (the
+        change stream carries neither) and the grants decided here; then the return
+        worker is woken to send the slices the child lacks."""
+        if self._stopping.is_set() or not self._trusted:
+            return
+        try:
+            info = self._stub.GetInfo(pb.GetInfoRequest(caller_code=self._config.code), timeout=5)
+        except grpc.RpcError as exc:
+            log.debug("child %s: grant check failed: %s", self.child.code, _describe(exc))
+            return
+        if info.code == self.child.code:
+            self._take_grant_info(info)
+
+    def _take_grant_info(self, info: pb.NodeInfo) -> None:
+        """Pull the child's requests when their digest changed and deliver the grants
+        decided here when the child's differ (skipped while another thread is on it);
+        note the child's return checkpoints and wake the return worker."""
+        if self._grant_round.acquire(blocking=False):
+            try:
+                self._pull_grant_requests(info.grant_requests_digest)
+                self._deliver(
+                    "grants",
+                    self._store.grants.generation,
+                    info.grants_digest,
+                    self._send_grants,
+                )
+            except Exception:  # grants must never take the change stream down with them
+                log.exception("child %s: grants round failed", self.child.code, extra=self._log)
+            finally:
+                self._grant_round.release()
+        # The child is the authority on what it holds; a checkpoint older than one a
+        # receipt gave since only makes the next window overlap (taken idempotently).
+        self._returned = {c.grant_id: c.seq for c in info.return_checkpoints}
+        self._returns_known = True
+        self._returns_wake.set()
+
+    def _returns_forever(self) -> None:
+        """The return worker: a round whenever our head moved (a change may enter or
+        leave a slice), the grants decided here changed, or it was woken; at most a few
+        rounds a second, so slices stay in step within about a second."""
+        seen = (-1, -1)
+        while not self._stopping.is_set():
+            head = self._store.wait_for_head(seen[0], 0.5)
+            if self._stopping.is_set():
+                break
+            moment = (head, self._store.grants.generation)
+            if moment == seen and not self._returns_wake.is_set():
+                if self._store.db.closed:
+                    self._stopping.wait(0.5)
+                continue
+            self._returns_wake.clear()
+            seen = moment
+            try:
+                more = self._returns_round()
+            except Exception:  # the worker must outlive any one bad round
+                log.exception(
+                    "child %s: return flow round failed", self.child.code, extra=self._log
+                )
+                more = False
+            if more:
+                self._returns_wake.set()  # capped: go on after a breath
+            self._stopping.wait(0.2)
+
+    def _active_for_child(self) -> list[dict[str, Any]]:
+        """Grants in force for the child, re-read only when the grants changed here."""
+        grants = self._store.grants
+        generation, active = self._active_grants
+        if generation != grants.generation:
+            generation = grants.generation
+            active = grants.active_for(self.child.code)
+            self._active_grants = (generation, active)
+        now = datetime.now(UTC)
+        return [g for g in active if g["expires_at"] > now]
+
+    def _returns_round(self) -> bool:
+        """One round: for each grant in force, the windows of its slice after the child's
+        checkpoint, at most RETURN_ROUND_WINDOWS each. A window with no rows is sent only
+        to keep the child's checkpoint from lagging far (a full window of changes, or a
+        minute). Checked before every window (expired or revoked: nothing more leaves).
+        Returns True if a grant has more to send now."""
+        if self._stopping.is_set() or not self._trusted or not self._returns_known:
+            return False
+        active = self._active_for_child()
+        if not active:
+            return False
+        store = self._store
+        grants = store.grants
+        # A grant is delivered before any window of it (the child refuses otherwise).
+        self._deliver("grants", grants.generation, None, self._send_grants)
+        batch = self._config.sync.batch_changes
+        more = False
+        for grant in active:
+            grant_id = grant["id"]
+            at = self._returned.get(grant_id, 0)
+            if 0 < at < store.compacted_through():
+                at = 0  # deletes since `at` are compacted away: the whole slice again
+            first, windows, rows, departures = at, 0, 0, 0
+            try:
+                while not self._stopping.is_set() and grants.in_force(grant_id):
+                    if windows >= RETURN_ROUND_WINDOWS:
+                        more = True
+                        break
+                    found = grants.next_window(grant, at, batch, MAX_WINDOW_BYTES)
+                    if found is None:
+                        break
+                    window, payload = found
+                    quiet = time.monotonic() - self._returns_sent_at.get(grant_id, 0.0)
+                    if not window.table.num_rows and (
+                        window.last_seq - window.after_seq < batch and quiet < 60
+                    ):
+                        break  # nothing for this slice: the checkpoint may lag a little
+                    grants.note_sending(window)
+                    receipt = self._stub.DeliverReturn(
+                        pb.ReturnDelivery(
+                            parent_code=self._config.code,
+                            grant_id=window.grant_id,
+                            after_seq=window.after_seq,
+                            last_seq=window.last_seq,
+                            entity=window.entity,
+                            arrow_ipc=payload,
+                            rows=window.table.num_rows,
+                        ),
+                        timeout=30,
+                    )
+                    grants.confirm_return(window, receipt.seq)
+                    self._returned[grant_id] = receipt.seq
+                    self._returns_sent_at[grant_id] = time.monotonic()
+                    windows += 1
+                    rows += window.live
+                    departures += window.departures
+                    if receipt.seq <= at:
+                        break  # the child did not move on: ask again next round
+                    at = receipt.seq
+                self._grant_problem = None
+            except (grpc.RpcError, UserError) as exc:
+                problem = f"grant {grant_id}: return flow failed: {_describe(exc)}"
+                if problem != self._grant_problem:  # once per problem, not every round
+                    log.warning("child %s: %s", self.child.code, problem, extra=self._log)
+                self._grant_problem = problem
+            if rows or departures:
+                grants.record_sent(grant, self.child.code, first, at, rows, departures, windows)
+                log.info(
+                    "child %s: grant %s: sent %d rows and %d departures, held through seq %d",
+                    self.child.code,
+                    grant_id,
+                    rows,
+                    departures,
+                    at,
+                    extra=self._log,
+                )
+        return more
+
+    def _pull_grant_requests(self, child_digest: str) -> None:
+        """Upward, pulled: the child's requests addressed to us, when they changed."""
+        grants = self._store.grants
+        if child_digest == grants.child_requests_digest(self.child.code):
+            return
+        try:
+            reply = self._stub.GetGrantRequests(
+                pb.GetGrantRequestsRequest(caller_code=self._config.code), timeout=10
+            )
+            added, problems = grants.receive_requests(
+                self.child.code,
+                reply.requests_json,
+                reply.digest,
+                functools.partial(check_request, self._store, self.child.code),
+            )
+        except (grpc.RpcError, UserError) as exc:
+            log.warning(
+                "child %s: pulling its grant requests failed: %s",
+                self.child.code,
+                _describe(exc),
+                extra=self._log,
+            )
+            return
+        for problem in problems:
+            log.warning("child %s: grant requests: %s", self.child.code, problem, extra=self._log)
+        if added:
+            log.info(
+                "child %s: %d new grant requests (`tongyuan grant list`)",
+                self.child.code,
+                added,
+                extra=self._log,
+            )
+
+    def _send_grants(self, child_digest: str | None) -> None:
+        digest, grants_json = self._store.grants.downward_set(self.child.code)
+        if digest == child_digest:
+            return
+        self._stub.DeliverGrants(
+            pb.GrantsDelivery(
+                parent_code=self._config.code, grants_json=grants_json, digest=digest
+            ),
+            timeout=10,
+        )
+        log.info("child %s: delivered its grants", self.child.code, extra=self._log)
 
     def _send_standards(self, child_digest: str | None) -> None:
         digest, items = self._store.catalog.downward_set()
@@ -548,12 +832,12 @@ class ChildLink:
     def _failed(self, exc: BaseException) -> None:
         if self._stopping.is_set():
             return
-        message = _describe(exc)
+        message = self._cut or _describe(exc)
         changed = message != self.error
         self.state = "down"
         self.error = message
         self.pull_errors += 1
-        if not isinstance(exc, grpc.RpcError):
+        if not isinstance(exc, grpc.RpcError | QuietRefusal):
             log.warning("child %s: %s", self.child.code, message, extra=self._log)
             self._store.record_link_error(self.child.code, message)
         elif changed:
@@ -571,9 +855,10 @@ def _describe(exc: BaseException) -> str:
 class LinkManager:
     """All of a parent's child links; children can be added and removed while serving."""
 
-    def __init__(self, config: NodeConfig, store: Store) -> None:
+    def __init__(self, config: NodeConfig, store: Store, security: Security | None = None) -> None:
         self._config = config
         self._store = store
+        self._security = security or load_security(config)
         self._links: dict[str, ChildLink] = {}
         self._lock = threading.Lock()
         self._on_change: list[Callable[[str, ChildLink | None], None]] = []
@@ -590,7 +875,7 @@ class LinkManager:
             old = self._links.pop(child.code, None)
         if old is not None:
             old.stop()
-        link = ChildLink(child, self._config, self._store)
+        link = ChildLink(child, self._config, self._store, self._security)
         with self._lock:
             self._links[child.code] = link
         link.start()
@@ -605,6 +890,15 @@ class LinkManager:
         link.stop()
         for callback in self._on_change:
             callback(code, None)
+        return True
+
+    def cut(self, code: str, reason: str) -> bool:
+        """End a child's current session at once (its certificate was revoked)."""
+        with self._lock:
+            link = self._links.get(code)
+        if link is None:
+            return False
+        link.cut(reason)
         return True
 
     def statuses(self) -> dict[str, LinkStatus]:

@@ -20,15 +20,30 @@ from node.divisions import is_within, lookup_division
 from node.errors import UserError
 from node.model.files import check_document, check_mapping_document
 from node.quality.report import QualityReporter
+from node.security.audit import (
+    HASH_SEGMENT_ROWS,
+    SEGMENT_ROWS,
+    ServedRecord,
+    received,
+    rules_in,
+)
 from node.store import Store
+from node.store.audit import Evidence
 from node.store.feedback import FEEDBACK_SCHEMA
+from node.store.grants import ReturnRefused
 from node.store.model import delivery_digest
 from node.store.sources import DISCREPANCY_SCHEMA
 from node.store.sources import delivery_digest as delivery_digest_of
-from node.wire import decode_table, encode_window, standard_from_message
+from node.wire import decode_table, encode_table, encode_window, standard_from_message
 
 log = logging.getLogger(__name__)
 
+# How a refused return-flow delivery is answered (node/store/grants.py ReturnRefused).
+_REFUSAL_CODES = {
+    "precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "outside": grpc.StatusCode.PERMISSION_DENIED,
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+}
 # Bounds on one window whatever a parent asks for: memory on both ends stays bounded.
 MAX_WINDOW_CHANGES = 262144
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
@@ -59,6 +74,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._ack_lock = threading.Lock()
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
+        audit_head = self._store.audit.head()
         return pb.NodeInfo(
             code=self._config.code,
             name=self._config.name,
@@ -74,6 +90,15 @@ class FederationServicer(pb_grpc.FederationServicer):
             rules_digest=self._store.quality.received_digest(request.caller_code),
             rules_since_seq=self._store.quality.received_since(request.caller_code),
             feedback_digest=self._store.feedback.received_digest(request.caller_code),
+            audit_head_seq=audit_head.seq,
+            audit_head_hash=audit_head.hash,
+            audit_public_key=self._store.audit.public_key(),
+            grant_requests_digest=self._store.grants.requests_digest(request.caller_code),
+            grants_digest=self._store.grants.received_digest(request.caller_code),
+            return_checkpoints=[
+                pb.ReturnCheckpoint(grant_id=grant_id, seq=seq)
+                for grant_id, seq in self._store.grants.return_checkpoints(request.caller_code)
+            ],
             entities=[
                 pb.EntitySchema(name=e.name, key=e.key, columns=list(e.column_names))
                 for e in self._store.entities.values()
@@ -130,11 +155,28 @@ class FederationServicer(pb_grpc.FederationServicer):
         window_size = min(
             request.max_batch_changes or self._config.sync.batch_changes, MAX_WINDOW_CHANGES
         )
+        # What was served is evidenced in the audit chain once per session (and at most
+        # every minute while it streams), not per window.
+        served = ServedRecord(self._store, request.parent_code)
+        try:
+            yield from self._stream_windows(request, context, after, window_size, served)
+        finally:
+            served.flush()
+
+    def _stream_windows(
+        self,
+        request: pb.PullRequest,
+        context: grpc.ServicerContext,
+        after: int,
+        window_size: int,
+        served: ServedRecord,
+    ) -> Iterator[pb.ChangeBatch]:
         heartbeat = (
             request.heartbeat_ms / 1000
             if request.heartbeat_ms
             else self._config.sync.heartbeat_seconds
         )
+        head = self._store.head_seq
         last_sent = time.monotonic()
         log.info(
             "parent %s pulls after seq %d (follow=%s, head %d)",
@@ -154,6 +196,8 @@ class FederationServicer(pb_grpc.FederationServicer):
                     window = self._store.read_window(after, window_size)
                     message = encode_window(window)
                 yield message
+                rows = sum(t.num_rows for t in window.tables.values())
+                served.served(after, window.last_seq, rows)
                 after = window.last_seq
                 last_sent = time.monotonic()
                 continue
@@ -183,6 +227,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetModel(
         self, request: pb.GetModelRequest, context: grpc.ServicerContext
     ) -> pb.ModelDocument:
+        self._check_above(request.caller_code, context)
         model = self._store.model
         return pb.ModelDocument(model_json=model.to_json(), digest=model.digest())
 
@@ -202,7 +247,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         if delivery_digest(model, mapping) != request.digest:
             context.abort(grpc.StatusCode.DATA_LOSS, "model delivery does not match its digest")
         if self._store.models.offered_digest(parent) != request.digest:
-            self._store.models.receive_offer(parent, model, mapping, request.digest)
+            evidence = received(
+                self._store, "model", parent, request.digest, len(model.entities),
+                model=model.label(),
+            )  # fmt: skip
+            self._store.models.receive_offer(parent, model, mapping, request.digest, evidence)
             log.info(
                 "parent %s offers model %s%s",
                 parent,
@@ -230,7 +279,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         owner_column: str,
         what: str,
         received_digest: Callable[[str], str],
-        replace_received: Callable[[str, pa.Table, str], None],
+        replace_received: Callable[[str, pa.Table, str, Evidence], None],
     ) -> pa.Table:
         """A set about this node's subtree from the parent, as Arrow IPC: refused unless it
         decodes, matches its digest and speaks only of this node and the nodes below."""
@@ -254,7 +303,10 @@ class FederationServicer(pb_grpc.FederationServicer):
                 "below it",
             )
         if received_digest(parent) != request.digest:
-            replace_received(parent, table, request.digest)
+            # Evidenced in the same transaction, only when the set changed.
+            kind = what.removesuffix(" items")
+            evidence = received(self._store, kind, parent, request.digest, table.num_rows)
+            replace_received(parent, table, request.digest, evidence)
             log.info(
                 "received %d %s from parent %s",
                 table.num_rows,
@@ -272,7 +324,15 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._check_above(parent, context)
         if self._store.quality.received_digest(parent) != request.digest:
             try:
-                self._store.quality.receive_library(parent, request.library_json, request.digest)
+                self._store.quality.receive_library(
+                    parent,
+                    request.library_json,
+                    request.digest,
+                    received(
+                        self._store, "rules", parent, request.digest,
+                        rules_in(request.library_json),
+                    ),
+                )  # fmt: skip
             except UserError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             log.info("received the rule library of parent %s", parent, extra={"parent": parent})
@@ -289,6 +349,85 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._store.feedback.received_digest, self._store.feedback.replace_received,
         )  # fmt: skip
         return pb.FeedbackReceipt(digest=request.digest, rows=table.num_rows)
+
+    def GetGrantRequests(
+        self, request: pb.GetGrantRequestsRequest, context: grpc.ServicerContext
+    ) -> pb.GrantRequestsDocument:
+        """Upward, pulled: this node's requests for return flows addressed to the caller."""
+        self._check_above(request.caller_code, context)
+        requests_json, requests_digest = self._store.grants.requests_document(request.caller_code)
+        return pb.GrantRequestsDocument(requests_json=requests_json, digest=requests_digest)
+
+    def DeliverGrants(
+        self, request: pb.GrantsDelivery, context: grpc.ServicerContext
+    ) -> pb.GrantsReceipt:
+        """Take the parent's decisions on this node's requests (the set replaces the last
+        one), grant by grant; a revoked or expired grant's returned rows are purged at
+        once, and a grant this node cannot take is marked refused (`grant list`)."""
+        parent = request.parent_code
+        self._check_above(parent, context)
+        if self._store.grants.received_digest(parent) != request.digest:
+            try:
+                received = self._store.grants.receive_grants(
+                    parent, request.grants_json, request.digest
+                )
+            except ReturnRefused as exc:
+                context.abort(_REFUSAL_CODES[exc.reason], str(exc))
+            for problem in received.problems:
+                log.warning("parent %s: %s", parent, problem, extra={"parent": parent})
+            log.info(
+                "received %d grants from parent %s", received.count, parent,
+                extra={"parent": parent},
+            )  # fmt: skip
+        return pb.GrantsReceipt(digest=request.digest)
+
+    def DeliverReturn(
+        self, request: pb.ReturnDelivery, context: grpc.ServicerContext
+    ) -> pb.ReturnReceipt:
+        """One window of a granted slice: checked against the grant this node holds (in
+        force, no gap, every row inside its filter) and applied with the grant's
+        checkpoint in one transaction, or refused whole."""
+        parent = request.parent_code
+        self._check_above(parent, context)
+        try:
+            table = decode_table(request.arrow_ipc)
+        except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"return flow: {exc}")
+        try:
+            seq, rows = self._store.grants.apply_return(
+                parent, request.grant_id, request.entity, request.after_seq, request.last_seq, table
+            )
+        except ReturnRefused as exc:
+            log.warning("parent %s: %s", parent, exc, extra={"parent": parent})
+            context.abort(_REFUSAL_CODES[exc.reason], str(exc))
+        if rows:
+            log.info(
+                "grant %s: %d returned rows from parent %s, held through seq %d",
+                request.grant_id,
+                rows,
+                parent,
+                seq,
+                extra={"parent": parent},
+            )
+        return pb.ReturnReceipt(grant_id=request.grant_id, seq=seq)
+
+    def GetAudit(
+        self, request: pb.GetAuditRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AuditSegment]:
+        """Upward, pulled: this node's audit chain after `after_seq`, in bounded segments,
+        for a node above it to verify and anchor in its own chain; with `hashes_only`,
+        (seq, prev_hash, hash recomputed from the content) for its periodic re-check."""
+        self._check_above(request.caller_code, context)
+        audit = self._store.audit
+        tables = (
+            audit.hash_batches(request.after_seq, HASH_SEGMENT_ROWS)
+            if request.hashes_only
+            else audit.batches(request.after_seq, SEGMENT_ROWS)
+        )
+        for table in tables:
+            if not context.is_active():
+                return
+            yield pb.AuditSegment(arrow_ipc=encode_table(table), rows=table.num_rows)
 
     def GetQuality(
         self, request: pb.GetQualityRequest, context: grpc.ServicerContext
@@ -321,7 +460,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             # land after a newer one.
             context.abort(grpc.StatusCode.CANCELLED, "delivery abandoned by the parent")
         if self._store.catalog.received_digest(parent) != request.digest:
-            self._store.catalog.replace_received(parent, items, request.digest)
+            evidence = received(self._store, "standards", parent, request.digest, len(items))
+            self._store.catalog.replace_received(parent, items, request.digest, evidence)
         log.info(
             "received %d standard items from parent %s",
             len(items),

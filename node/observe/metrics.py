@@ -98,6 +98,7 @@ class NodeCollector(Collector):
         yield from self._catalog()
         yield from self._model_and_sources(status)
         yield from self._quality(status["quality"])
+        yield from self._audit(status["audit"])
 
     def _children(
         self,
@@ -220,6 +221,30 @@ class NodeCollector(Collector):
             feedback.add_metric([state], quality["feedback"][state])
         yield feedback
         yield from self._scores()
+
+    @staticmethod
+    def _audit(audit: dict[str, Any]) -> Iterator[Metric]:
+        """This node's audit chain, and what it anchored of each child's."""
+        yield GaugeMetricFamily(
+            "tongyuan_audit_chain_entries",
+            "Entries in this node's audit chain.",
+            value=audit["entries"],
+        )
+        anchored = GaugeMetricFamily(
+            "tongyuan_audit_child_anchored_sequence",
+            "The child's audit chain sequence this node last verified and anchored.",
+            labels=["child"],
+        )
+        problem = GaugeMetricFamily(
+            "tongyuan_audit_child_problem",
+            "1 while the child's audit chain fails verification against this node's anchors "
+            "(rewritten, edited, wrongly signed), else 0.",
+            labels=["child"],
+        )
+        for child in audit["children"]:
+            anchored.add_metric([child["child"]], child["anchored_seq"] or 0)
+            problem.add_metric([child["child"]], 1 if child["problem"] else 0)
+        yield from (anchored, problem)
 
     def _scores(self) -> Iterator[Metric]:
         """The quality report as parents get it (cached for a moment, and its measures

@@ -196,6 +196,29 @@ def _header(node: Mapping[str, Any], generated_at: Any) -> str:
     )
 
 
+def _security_card(security: Mapping[str, Any]) -> str:
+    """Plaintext and a missing certificate are shown loudly, never as a footnote."""
+    mode = security.get("mode")
+    if mode == "plaintext-dev":
+        return (
+            '<span class="warn"><b>明文 PLAINTEXT</b></span>'
+            '<div class="small warn">仅供开发 development only: federation is not '
+            "authenticated</div>"
+        )
+    if mode == "no-certificate":
+        return (
+            '<span class="warn"><b>无证书 NO CERTIFICATE</b></span>'
+            '<div class="small warn">federation calls are refused</div>'
+        )
+    if mode == "mtls":
+        parent = security.get("parent") or "root"
+        return (
+            f'双向 TLS mutual TLS<div class="small">parent {_e(parent)} · until '
+            f"{_e(str(security.get('not_after', ''))[:10])}</div>"
+        )
+    return "—"
+
+
 def _overview_section(node: Mapping[str, Any], now: datetime | None) -> str:
     tier = str(node.get("tier") or "")
     catalog = node.get("catalog") or {}
@@ -208,6 +231,7 @@ def _overview_section(node: Mapping[str, Any], now: datetime | None) -> str:
             "服务中 serving" if node.get("serving") else "未服务 not serving",
         ),
         (_label("监听", "Listen"), _e(node.get("listen"))),
+        (_label("安全", "Security"), _security_card(node.get("security") or {})),
         (_label("变更序号", "Head seq"), _number(node.get("head_seq"))),
         *[(_label("行数", f"Rows · {_e(entity)}"), _number(n)) for entity, n in rows.items()],
         (

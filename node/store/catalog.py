@@ -26,6 +26,7 @@ from node.errors import UserError
 from node.store.schema import entity_table, stored_columns
 
 if TYPE_CHECKING:
+    from node.store.audit import Evidence
     from node.store.store import Store
 
 CATALOG = Entity(
@@ -531,12 +532,24 @@ class CatalogStore:
         items = [item for item, _ in self.standards()]
         return digest(items), items
 
-    def replace_received(self, parent: str, items: Sequence[StandardItem], received: str) -> None:
+    def replace_received(
+        self,
+        parent: str,
+        items: Sequence[StandardItem],
+        received: str,
+        evidence: Evidence | None = None,
+    ) -> None:
         """Take the parent's whole set in one transaction: items it withdrew go, and so
         does whatever a former parent delivered (a node has one parent at a time)."""
-        self._replace_standards(items, parent, received)
+        self._replace_standards(items, parent, received, evidence)
 
-    def _replace_standards(self, items: Sequence[StandardItem], parent: str, received: str) -> None:
+    def _replace_standards(
+        self,
+        items: Sequence[StandardItem],
+        parent: str,
+        received: str,
+        evidence: Evidence | None = None,
+    ) -> None:
         now = datetime.now(UTC)
         with self._db.write() as cur:
             cur.execute("DELETE FROM tongyuan.standard_items WHERE received_from IS NOT NULL")
@@ -546,6 +559,8 @@ class CatalogStore:
             cur.execute(
                 "INSERT INTO tongyuan.received_sets VALUES (?, ?, ?)", [parent, received, now]
             )
+            if evidence is not None:  # the audit entry commits with the set
+                evidence(cur)
         self.standards_generation += 1
 
     @staticmethod

@@ -36,6 +36,7 @@ from node.store.schema import entity_table, quote, stored_columns
 from node.store.sources import delivery_digest, norm_key_sql, subtree_condition
 
 if TYPE_CHECKING:
+    from node.store.audit import Evidence
     from node.store.store import Store
 
 # The owners' answers (acknowledged, confirmed-correct, rejected): a log entity, so they
@@ -476,10 +477,15 @@ class FeedbackStore:
             ).fetchone()
         return str(row[0]) if row else ""
 
-    def replace_received(self, parent: str, table: pa.Table, digest: str) -> None:
-        """The parent's set replaces what it delivered before, in one transaction."""
+    def replace_received(
+        self, parent: str, table: pa.Table, digest: str, evidence: Evidence | None = None
+    ) -> None:
+        """The parent's set replaces what it delivered before, in one transaction (with
+        its audit entry, `evidence`)."""
         delivered = table.select(list(FEEDBACK_COLUMNS)).cast(FEEDBACK_SCHEMA)
         with self._db.write(arrow={"feedback_delivered": delivered}) as cur:
+            if evidence is not None:
+                evidence(cur)
             cur.execute("DELETE FROM tongyuan.feedback WHERE received_from = ?", [parent])
             cur.execute(
                 f"INSERT INTO tongyuan.feedback ({_COLS}, received_from) "

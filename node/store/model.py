@@ -32,6 +32,7 @@ from node.model.schema import (
 from node.store.schema import ensure_entity_tables, entity_table, quote
 
 if TYPE_CHECKING:
+    from node.store.audit import Evidence
     from node.store.store import Store
 
 ACTIVE = "active"
@@ -178,8 +179,17 @@ class ModelStore:
                 [child, json.dumps(mapping.document(), ensure_ascii=False)],
             )
 
-    def receive_offer(self, parent: str, model: Model, mapping: NodeMapping, digest: str) -> None:
+    def receive_offer(
+        self,
+        parent: str,
+        model: Model,
+        mapping: NodeMapping,
+        digest: str,
+        evidence: Evidence | None = None,
+    ) -> None:
         with self._db.write() as cur:
+            if evidence is not None:  # the audit entry commits with the offer
+                evidence(cur)
             cur.execute("DELETE FROM tongyuan.model_state WHERE role = ?", [OFFERED])
             cur.execute(
                 "INSERT INTO tongyuan.model_state VALUES (?, ?, ?, ?, ?, ?)",

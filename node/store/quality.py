@@ -44,6 +44,7 @@ from node.store.screening import (
 )
 
 if TYPE_CHECKING:
+    from node.store.audit import Evidence
     from node.store.store import Store
 
 RECEIVED, PUBLISHED, LOCAL = "received", "published", "local"
@@ -179,7 +180,9 @@ class QualityStore:
             ).fetchone()
         return str(row[0]) if row else ""
 
-    def receive_library(self, parent: str, library_json: str, digest: str) -> None:
+    def receive_library(
+        self, parent: str, library_json: str, digest: str, evidence: Evidence | None = None
+    ) -> None:
         """The parent's library replaces the one received before (from any parent); its
         layers can only be the parent's and those of nodes above it."""
         where = f"rule library delivered by {parent}"
@@ -192,7 +195,7 @@ class QualityStore:
                     f"{where} carries a layer of node {layer.node}, which is not {parent} "
                     "or above it"
                 )
-        self._replace(RECEIVED, library.to_json(), digest, parent)
+        self._replace(RECEIVED, library.to_json(), digest, parent, evidence)
 
     def set_own_layer(self, role: str, layer: RuleLayer, actor: str) -> None:
         self._replace(role, layer_json(layer), RuleLibrary((layer,)).digest(), actor)
@@ -205,10 +208,14 @@ class QualityStore:
             cur.execute("DELETE FROM tongyuan.rule_layers WHERE role = ?", [role])
         return bool(count)
 
-    def _replace(self, role: str, doc: str, digest: str, source: str) -> None:
+    def _replace(
+        self, role: str, doc: str, digest: str, source: str, evidence: Evidence | None = None
+    ) -> None:
         # The library in memory changes at COMMIT, while the writer is still held: no
         # import screens with the old one after this transaction.
         with self._db.write(on_commit=self._changed) as cur:
+            if evidence is not None:  # the audit entry commits with the library
+                evidence(cur)
             cur.execute("DELETE FROM tongyuan.rule_layers WHERE role = ?", [role])
             cur.execute(
                 "INSERT INTO tongyuan.rule_layers (role, doc, digest, source, updated_at, "
@@ -284,13 +291,19 @@ class QualityStore:
 
     @staticmethod
     def _evaluate(
-        cur: duckdb.DuckDBPyConnection, screen: Screen, source: str, row_id: str, where: str
+        cur: duckdb.DuckDBPyConnection,
+        screen: Screen,
+        source: str,
+        row_id: str,
+        where: str,
+        *,
+        protected: bool = False,
     ) -> pa.Table | None:
         """The rows of `source` that failed a rule, registered as `quality_eval`
         (`_id`, `_blocking`, `_warning` lists of {rule, reason}); None when all passed.
         One statement when nothing fails, which is the common case of a small batch."""
         try:
-            failures = arrow_of(cur, screen.select_sql(source, row_id, where))
+            failures = arrow_of(cur, screen.select_sql(source, row_id, where, protected=protected))
         except duckdb.Error as exc:
             # Rules are trial-run when compiled, so this is not a rule that cannot run.
             raise UserError(
@@ -510,7 +523,8 @@ class QualityStore:
         screen = self.screen(entity, None)
         if screen is None:
             return None
-        failures = self._evaluate(cur, screen, source, "_ord", "NOT s._deleted")
+        # Values a child pseudonymised or masked pass (they were checked at the source).
+        failures = self._evaluate(cur, screen, source, "_ord", "NOT s._deleted", protected=True)
         if failures is None:
             if releasing:
                 self._settle_released(cur, releasing, [], now, offset=1)

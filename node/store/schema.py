@@ -266,6 +266,123 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0007_grants",
+        (
+            # Requests this node made to its parent for return flows, the parent's decision
+            # on each as last delivered, how far the returned slice is held (the parent's
+            # sequence), and the purge when the grant ended (node/store/grants.py).
+            """CREATE TABLE tongyuan.grant_requests (
+                id VARCHAR NOT NULL,
+                parent_code VARCHAR NOT NULL,
+                resource VARCHAR NOT NULL,
+                entity VARCHAR NOT NULL,
+                filters VARCHAR NOT NULL,
+                purpose VARCHAR NOT NULL,
+                expires_at TIMESTAMPTZ NOT NULL,
+                requested_by VARCHAR NOT NULL,
+                requested_at TIMESTAMPTZ NOT NULL,
+                state VARCHAR NOT NULL,
+                granted_expires_at TIMESTAMPTZ,
+                decided_by VARCHAR,
+                decided_at TIMESTAMPTZ,
+                reason VARCHAR,
+                checkpoint BIGINT NOT NULL,
+                ended VARCHAR,
+                purged_at TIMESTAMPTZ,
+                rows_purged BIGINT
+            )""",
+            # Grants this node decides for its children: each request as first pulled
+            # (never changed afterwards) and the decision on it.
+            """CREATE TABLE tongyuan.grants (
+                id VARCHAR NOT NULL,
+                child_code VARCHAR NOT NULL,
+                resource VARCHAR NOT NULL,
+                entity VARCHAR NOT NULL,
+                filters VARCHAR NOT NULL,
+                purpose VARCHAR NOT NULL,
+                requested_expires_at TIMESTAMPTZ,
+                requested_by VARCHAR NOT NULL,
+                requested_at TIMESTAMPTZ,
+                state VARCHAR NOT NULL,
+                expires_at TIMESTAMPTZ,
+                decided_by VARCHAR,
+                decided_at TIMESTAMPTZ,
+                reason VARCHAR,
+                received_at TIMESTAMPTZ NOT NULL
+            )""",
+            # Digests: a child's requests as last pulled (role 'requests', peer the child)
+            # and the grant set a parent last delivered (role 'grants', peer the parent).
+            """CREATE TABLE tongyuan.grant_digests (
+                role VARCHAR NOT NULL,
+                peer VARCHAR NOT NULL,
+                digest VARCHAR NOT NULL
+            )""",
+            # At the parent, per grant: the records delivered to the child (origin node,
+            # key as stored here, key as it was sent), a superset of what the child holds,
+            # so a departure names only a key the child holds, in the form it holds it.
+            """CREATE TABLE tongyuan.grant_sent (
+                grant_id VARCHAR NOT NULL,
+                origin_node VARCHAR NOT NULL,
+                record_key VARCHAR NOT NULL,
+                sent_key VARCHAR NOT NULL
+            )""",
+        ),
+    ),
+    (
+        "0008_audit",
+        (
+            # The audit chain (node/store/audit.py): append-only, each entry hashing the
+            # previous one and signed; `recorded_at` is text so the hash is recomputed exactly.
+            """CREATE TABLE tongyuan.audit_chain (
+                seq BIGINT NOT NULL,
+                recorded_at VARCHAR NOT NULL,
+                node VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL,
+                actor VARCHAR NOT NULL,
+                detail VARCHAR NOT NULL,
+                prev_hash VARCHAR NOT NULL,
+                hash VARCHAR NOT NULL,
+                signature VARCHAR NOT NULL
+            )""",
+            "CREATE TABLE tongyuan.audit_head (seq BIGINT NOT NULL, hash VARCHAR NOT NULL)",
+            # A parent's watch over each child's chain (node/security/audit.py): the key it
+            # pinned at first sight, where it verified through (the next fetch links to it),
+            # its last anchor, the hash of every child entry it verified (with the flaw
+            # found in it, if any), its anchors (the child heads it recorded in its own
+            # chain) and the first problem found.
+            """CREATE TABLE tongyuan.audit_children (
+                child VARCHAR NOT NULL,
+                public_key VARCHAR NOT NULL,
+                pinned_at TIMESTAMPTZ NOT NULL,
+                problem VARCHAR,
+                problem_seq BIGINT,
+                problem_at TIMESTAMPTZ,
+                checked_at TIMESTAMPTZ,
+                full_checked_at TIMESTAMPTZ,
+                verified_seq BIGINT NOT NULL DEFAULT 0,
+                verified_hash VARCHAR NOT NULL DEFAULT repeat('0', 64),
+                anchored_seq BIGINT NOT NULL DEFAULT 0,
+                anchored_hash VARCHAR NOT NULL DEFAULT repeat('0', 64),
+                anchored_at TIMESTAMPTZ,
+                anchors BIGINT NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE tongyuan.audit_child_entries (
+                child VARCHAR NOT NULL,
+                seq BIGINT NOT NULL,
+                hash VARCHAR NOT NULL,
+                flaw VARCHAR,
+                flaw_detail VARCHAR
+            )""",
+            """CREATE TABLE tongyuan.audit_anchors (
+                child VARCHAR NOT NULL,
+                seq BIGINT NOT NULL,
+                hash VARCHAR NOT NULL,
+                anchored_at TIMESTAMPTZ NOT NULL,
+                own_seq BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

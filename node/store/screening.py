@@ -30,7 +30,9 @@ from node.entities import COLUMN_TYPES, Entity
 from node.model.schema import EXTERNAL_CODE_LISTS, Model
 from node.quality.files import model_problem
 from node.quality.rules import Rule, RuleLayer, RuleLibrary, rule_label
+from node.store.catalog import CATALOG
 from node.store.checksums import compact_id_sql, gb11643_problem_sql, gb32100_problem_sql
+from node.store.protected import protected_form_sql, withholding_nodes_sql
 from node.store.schema import entity_table, quote
 from node.store.sources import norm_key_sql
 
@@ -61,6 +63,8 @@ class CompiledRule:
     label: str
     severity: str
     reason_sql: str
+    # The attributes the rule reads (a child's protected values pass: see select_sql).
+    attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,12 @@ class Screen:
 
     entity: str
     rules: tuple[CompiledRule, ...]
+    # (attribute, column type) of every attribute a rule reads, for the protected flags.
+    types: tuple[tuple[str, str], ...] = ()
 
-    def _list(self, severity: str) -> str:
+    def _list(self, severity: str, flags: Mapping[str, tuple[str, str]] | None) -> str:
         items = [
-            f"{{'rule': {literal(r.label)}, 'reason': {r.reason_sql}}}"
+            f"{{'rule': {literal(r.label)}, 'reason': {_passing_protected(r, flags)}}}"
             for r in self.rules
             if r.severity == severity
         ]
@@ -80,13 +86,49 @@ class Screen:
             return "[]::STRUCT(rule VARCHAR, reason VARCHAR)[]"
         return f"list_filter([{', '.join(items)}], lambda x: x.reason IS NOT NULL)"
 
-    def select_sql(self, source: str, row_id: str, where: str = "true") -> str:
-        """Rows of `source` that failed a rule: (row id, blocking list, warning list)."""
+    def select_sql(
+        self, source: str, row_id: str, where: str = "true", *, protected: bool = False
+    ) -> str:
+        """Rows of `source` that failed a rule: (row id, blocking list, warning list).
+        With `protected` (a child's rows), a rule reading a value pseudonymised or masked
+        at its source passes: the source checked the clear value, the parent cannot.
+        Whether a value is protected is computed once per row and attribute (a column
+        beside the row's), and every rule reading the attribute reads that flag."""
+        flags = self._flags() if protected else None
+        blocking, warning = self._list("blocking", flags), self._list("warning", flags)
+        rows = source
+        if flags:
+            items = ", ".join(f"{sql} AS {quote(name)}" for name, sql in flags.values())
+            rows = f"(SELECT *, {items} FROM {source} s)"
         return (
-            f"SELECT * FROM (SELECT s.{row_id} AS _id, {self._list('blocking')} AS _blocking, "
-            f"{self._list('warning')} AS _warning FROM {source} s WHERE {where}) "
+            f"SELECT * FROM (SELECT s.{row_id} AS _id, {blocking} AS _blocking, "
+            f"{warning} AS _warning FROM {rows} s WHERE {where}) "
             "WHERE len(_blocking) > 0 OR len(_warning) > 0"
         )
+
+    def _flags(self) -> dict[str, tuple[str, str]]:
+        """attribute → (flag column, SQL over `s`) for each attribute a rule reads: a text
+        value in a protected form, or an empty non-text value from a node that withholds
+        it (a value that may not leave in clear leaves empty)."""
+        flags: dict[str, tuple[str, str]] = {}
+        for index, (attribute, column_type) in enumerate(self.types):
+            value = f"s.{quote(attribute)}"
+            if column_type == "string":
+                sql = protected_form_sql(value)
+            else:
+                withholding = withholding_nodes_sql(entity_table(CATALOG), self.entity, attribute)
+                sql = f"coalesce({value} IS NULL AND s.origin_node IN {withholding}, false)"
+            flags[attribute] = (f"_protected_{index}", sql)
+        return flags
+
+
+def _passing_protected(rule: CompiledRule, flags: Mapping[str, tuple[str, str]] | None) -> str:
+    """The rule's reason, NULL (passing) where a value it reads is protected."""
+    read = [flags[a][0] for a in rule.attributes if a in flags] if flags else []
+    if not read:
+        return rule.reason_sql
+    hidden = " OR ".join(f"s.{quote(name)}" for name in read)
+    return f"CASE WHEN {hidden} THEN NULL ELSE {rule.reason_sql} END"
 
 
 def applicable(library: RuleLibrary, model: Model) -> list[tuple[RuleLayer, Rule, str | None]]:
@@ -108,6 +150,7 @@ def compile_screen(
     without those `broken` names (rules that failed a trial run here)."""
     carried = set(fields if fields is not None else entity.column_names)
     compiled = []
+    read: dict[str, str] = {}
     for layer, rule, why in applicable(library, model):
         if why is not None or rule.entity != entity.name:
             continue
@@ -116,8 +159,11 @@ def compile_screen(
         label = rule_label(layer, rule)
         if broken and label in broken:
             continue
-        compiled.append(CompiledRule(label, rule.severity, _reason(rule, model, entity)))
-    return Screen(entity.name, tuple(compiled)) if compiled else None
+        compiled.append(
+            CompiledRule(label, rule.severity, _reason(rule, model, entity), tuple(rule.attributes))
+        )
+        read.update((a, entity.column(a).type) for a in rule.attributes)
+    return Screen(entity.name, tuple(compiled), tuple(read.items())) if compiled else None
 
 
 def trial_sql(entity: Entity, rule: CompiledRule) -> str:

@@ -23,9 +23,11 @@ import pyarrow as pa
 
 from node.divisions import Tier, tier_of
 from node.entities import Column, Entity
+from node.store.protected import incomparable_sql
 from node.store.schema import entity_table, quote
 
 if TYPE_CHECKING:
+    from node.store.audit import Evidence
     from node.store.store import Store
 
 OBSERVATIONS = Entity(
@@ -47,6 +49,8 @@ OBSERVATIONS = Entity(
     ),
 )
 
+# Pairs of values no comparison can judge (see node/store/protected.py).
+_INCOMPARABLE = incomparable_sql("p.authoritative_value", "p.observed_value")
 # Full-width digits and letters (as typed on Chinese keyboards) and their ASCII forms.
 _FULL_WIDTH = "".join(chr(c) for c in range(0xFF10, 0xFF1A)) + "".join(
     chr(c) for c in (*range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B))
@@ -311,9 +315,11 @@ class SourcesStore:
             "AND d.state = 'open' "
             "WHERE NOT p.record_deleted "
             "AND p.authoritative_value IS DISTINCT FROM p.observed_value "
+            # A child's masked or pseudonymised value is no evidence of a disagreement.
+            f"AND NOT (({_INCOMPARABLE}) AND (p.observer_node <> $node OR p.source_node <> $node)) "
             "AND (d.id IS NULL OR d.authoritative_value IS DISTINCT FROM p.authoritative_value "
             "OR d.observed_value IS DISTINCT FROM p.observed_value)",
-            {"now": now},
+            {"now": now, "node": self.node_code},
         )
         cur.execute(
             "DELETE FROM tongyuan.discrepancies WHERE received_from IS NULL "
@@ -418,10 +424,15 @@ class SourcesStore:
             ).fetchone()
         return str(row[0]) if row else ""
 
-    def replace_received(self, parent: str, table: pa.Table, digest: str) -> None:
-        """The parent's set replaces what it delivered before, in one transaction."""
+    def replace_received(
+        self, parent: str, table: pa.Table, digest: str, evidence: Evidence | None = None
+    ) -> None:
+        """The parent's set replaces what it delivered before, in one transaction (with
+        its audit entry, `evidence`)."""
         cols = ", ".join(_DISCREPANCY_COLUMNS)
         with self._db.write(arrow={"delivered": table}) as cur:
+            if evidence is not None:
+                evidence(cur)
             cur.execute("DELETE FROM tongyuan.discrepancies WHERE received_from = ?", [parent])
             cur.execute(
                 f"INSERT INTO tongyuan.discrepancies ({cols}, received_from) "

@@ -25,10 +25,13 @@ from node.entities import INTERNAL_NAMES, Column, Entity
 from node.errors import InputFileError, UserError
 from node.model import load_base_model
 from node.model.schema import Model
+from node.store.audit import AuditStore, windows_digest
 from node.store.catalog import CATALOG, NODES, CatalogStore
 from node.store.database import Database, register_arrow, unregister_arrow
 from node.store.feedback import FEEDBACK_RESPONSES, FeedbackStore
+from node.store.grants import GrantsStore
 from node.store.model import ModelStore, model_codes_table
+from node.store.outbound import OutboundStore
 from node.store.quality import QualityStore, Screening
 from node.store.schema import (
     WIRE_LINEAGE,
@@ -123,6 +126,8 @@ class IncomingBatch:
     tables: dict[str, pa.Table]
     # The child's model digest (heartbeats carry it; "" otherwise).
     model_digest: str = ""
+    # SHA-256 over the window's Arrow IPC parts as received (the audit entry's evidence).
+    digest: str = ""
 
     @property
     def rows(self) -> int:
@@ -185,6 +190,10 @@ class Store:
         self.feedback = FeedbackStore(self, code)
         self.quality = QualityStore(self, code)
         self.scores = ScoresStore(self, code)
+        # What may leave this node and in which form (sharing attribute, grades).
+        self.outbound = OutboundStore(self, code)
+        self.audit = AuditStore(self, code)
+        self.grants = GrantsStore(self, code)
 
     def use_model(self, model: Model, heads: dict[str, int]) -> None:
         """Work with `model`'s entities from now on (their tables exist: see ModelStore).
@@ -740,14 +749,16 @@ class Store:
         tables: dict[str, pa.Table] = {}
         if last > after_seq:
             log_entities, heads = self._log_state
-            with self.db.read() as cur:
+            # An error's text may quote the outbound SQL: it leaves without the key's pads.
+            with self.db.read() as cur, self.outbound.without_secrets():
                 for entity in log_entities.values():
                     if heads.get(entity.name, 0) <= after_seq:
                         continue
-                    cols = ", ".join(quote(c) for c in entity.column_names)
+                    # Sharing attribute and grades, enforced before the rows leave.
+                    columns, shared = self.outbound.select(entity)
                     table = cur.sql(
-                        f"SELECT {cols}, {WIRE_LINEAGE} FROM {entity_table(entity)} "
-                        f"WHERE _seq > {int(after_seq)} AND _seq <= {int(last)}"
+                        f"SELECT {columns} FROM {entity_table(entity)} "
+                        f"WHERE _seq > {int(after_seq)} AND _seq <= {int(last)} AND {shared}"
                     ).to_arrow_table()
                     if table.num_rows:
                         tables[entity.name] = table
@@ -936,7 +947,8 @@ class Store:
             applied = 0
             changed: list[str] = []
             head = base
-            for name, rows in incoming.items():
+            # The catalogue first: screening reads which resources a child protects.
+            for name, rows in sorted(incoming.items(), key=lambda item: item[0] != CATALOG.name):
                 entity = self.log_entities[name]
                 table, source = rows, f"incoming_{name}"
                 if name in self.entities:
@@ -973,6 +985,22 @@ class Store:
                     len(fresh),
                     child_code,
                 ],
+            )
+            # The evidence commits with the change it records (node/store/audit.py).
+            self.audit.record(
+                "batch.applied",
+                {
+                    "child": child_code,
+                    "after_seq": fresh[0].after_seq,
+                    "last_seq": last.last_seq,
+                    "windows": len(fresh),
+                    "rows_received": sum(b.rows for b in fresh),
+                    "rows_applied": applied,
+                    "head_seq": head,
+                    "digest": windows_digest([b.digest for b in fresh]),
+                },
+                actor=child_code,
+                cur=cur,
             )
             publication.set(head, changed)
         return ApplyResult(last.last_seq, received, applied, redelivered=False)

@@ -876,18 +876,24 @@ class GetAuditRequest(_message.Message):
 
     CALLER_CODE_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    HASHES_ONLY_FIELD_NUMBER: _builtins.int
     caller_code: _builtins.str
     after_seq: _builtins.int
     """Entries with a sequence above this (0: the whole chain)."""
+    hashes_only: _builtins.bool
+    """Only (seq, prev_hash, hash) per entry, `hash` recomputed from the entry's content
+    (a parent's periodic re-check against the hashes it holds; node/security/audit.py).
+    """
     def __init__(
         self,
         *,
         caller_code: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        hashes_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "caller_code", b"caller_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "caller_code", b"caller_code", "hashes_only", b"hashes_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -900,7 +906,9 @@ class AuditSegment(_message.Message):
     ARROW_IPC_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     arrow_ipc: _builtins.bytes
-    """Arrow IPC stream, one row per entry (columns as in the store's audit table)."""
+    """Arrow IPC stream, one row per entry (columns as in the store's audit table; with
+    hashes_only: seq, prev_hash and the recomputed hash).
+    """
     rows: _builtins.int
     def __init__(
         self,
