@@ -261,16 +261,23 @@ class AuditStore:
     def batches(self, after_seq: int = 0, rows: int = 4096) -> Iterator[pa.Table]:
         """The chain after `after_seq` in seq order, `rows` entries at a time (export,
         signature checks, GetAudit segments): memory stays bounded whatever its length."""
+        yield from self._pages(_COLUMNS_SQL, AUDIT_SCHEMA, after_seq, rows)
+
+    def _pages(
+        self, columns_sql: str, schema: pa.Schema, after_seq: int, rows: int
+    ) -> Iterator[pa.Table]:
+        """`columns_sql` of the chain after `after_seq` in seq order, `rows` at a time,
+        each page read with its own cursor (no read held open between pages)."""
         after = after_seq
         while True:
             with self._store.db.read() as cur:
                 table = cur.sql(
-                    f"SELECT {_COLUMNS_SQL} FROM tongyuan.audit_chain WHERE seq > {int(after)} "
+                    f"SELECT {columns_sql} FROM tongyuan.audit_chain WHERE seq > {int(after)} "
                     f"ORDER BY seq LIMIT {int(rows)}"
                 ).to_arrow_table()
             if table.num_rows == 0:
                 return
-            yield table.cast(AUDIT_SCHEMA)
+            yield table.cast(schema)
             if table.num_rows < rows:
                 return
             after = int(table.column("seq")[-1].as_py())
@@ -317,19 +324,9 @@ class AuditStore:
         from the entry's content in SQL, `rows` at a time: what a parent's periodic re-check
         compares with the hashes it holds. An entry edited without re-hashing shows as a
         changed hash; one re-hashed (and re-signed) as well."""
-        after = after_seq
-        while True:
-            with self._store.db.read() as cur:
-                table = cur.sql(
-                    f"SELECT seq, prev_hash, {_HASH_SQL} AS hash FROM tongyuan.audit_chain "
-                    f"WHERE seq > {int(after)} ORDER BY seq LIMIT {int(rows)}"
-                ).to_arrow_table()
-            if table.num_rows == 0:
-                return
-            yield table.cast(HASHES_SCHEMA)
-            if table.num_rows < rows:
-                return
-            after = int(table.column("seq")[-1].as_py())
+        yield from self._pages(
+            f"seq, prev_hash, {_HASH_SQL} AS hash", HASHES_SCHEMA, after_seq, rows
+        )
 
     def check_hashes(
         self,
