@@ -164,7 +164,7 @@ class NodeService:
             raise UserError(f"{method}: {exc}") from None
         result = operation(**args)
         # State-changing operations leave evidence in the audit chain (who, what, outcome).
-        entry = operation_entry(method, args, result)
+        entry = operation_entry(method, args, result, self.store.outbound.federation_key)
         if entry is not None:
             self.store.audit.record(entry[0], entry[1], actor=str(args.get("actor", "")))
         return result

@@ -38,6 +38,7 @@ from node.store.audit import (
     load_signing_key,
 )
 from node.store.model import delivery_digest
+from node.store.outbound import pseudonym
 from node.store.store import Store
 from node.wire import encode_table, standard_to_message
 
@@ -440,13 +441,18 @@ def test_operations_record_who_did_what_and_dry_runs_nothing() -> None:
         "catalog.add",
         {"entries": [{"code": "320102-p", "fields": ["x"] * 3}], "actor": "li", "publish": True},
         [{"code": "320102-p", "status": "published"}],
+        _no_key,
     )
     assert entry is not None
     kind, detail = entry
     assert kind == "catalog.add" and detail["args"]["entries"] == ["320102-p"]
     assert "actor" not in detail["args"] and detail["result"] == ["320102-p"]
-    assert operation_entry("model.adopt", {"dry_run": True}, {}) is None
-    assert operation_entry("catalog.list", {}, []) is None
+    assert operation_entry("model.adopt", {"dry_run": True}, {}, _no_key) is None
+    assert operation_entry("catalog.list", {}, [], _no_key) is None
+
+
+def _no_key() -> bytes:
+    raise AssertionError("nothing here needs the federation key")
 
 
 class _Context:
@@ -537,35 +543,49 @@ def test_a_received_set_commits_with_its_evidence(county: StoreNode) -> None:
 
 def test_audit_entries_carry_no_record_values_or_keys() -> None:
     """Entries travel to the parent and into exports: a correction's value, an objection's
-    key and free text that may quote a record are never in them in clear."""
+    key and free text that may quote a record are never in them in clear, nor as a plain
+    SHA-256 (an ID number's ~1e11 candidates are hashed in minutes): as their pseudonym
+    under the federation key."""
     id_number = "110101199003070012"
+    federation_key = bytes(range(32))
+
+    def key() -> bytes:
+        return federation_key
+
     entries = [
         operation_entry(
             "discrepancies.resolve",
             {"discrepancy_id": "d1", "value": id_number, "note": f"was {id_number}", "actor": "li"},
             {"id": "d1", "action": "corrected", "value": id_number, "resource": "320102-p"},
+            key,
         ),
         operation_entry(
             "objection.raise",
             {"resource": "320102-p", "key": id_number, "reason": f"{id_number} 重复"},
             {"id": "f1", "state": "open", "key": id_number},
+            key,
         ),
         operation_entry(
             "feedback.respond",
             {"item_id": "f1", "state": "rejected", "note": id_number},
             {"id": "f1", "state": "rejected", "key": id_number, "value": id_number},
+            key,
         ),
-        operation_entry("quality.quarantine_release", {"ids": ["q1"]}, {"released": 1}),
-        operation_entry("quality.quarantine_drop", {"ids": ["q2"]}, {"dropped": 1}),
+        operation_entry("quality.quarantine_release", {"ids": ["q1"]}, {"released": 1}, key),
+        operation_entry("quality.quarantine_drop", {"ids": ["q2"]}, {"dropped": 1}, key),
     ]
+    unkeyed = hashlib.sha256(id_number.encode()).hexdigest()
     for entry in entries:
         assert entry is not None
         assert id_number not in json.dumps(entry, ensure_ascii=False)
+        assert unkeyed not in json.dumps(entry, ensure_ascii=False)
     resolve = entries[0]
     assert resolve is not None
     assert resolve[1]["args"]["value_given"] is True and "value" not in resolve[1]["args"]
     assert resolve[1]["result"] == {"id": "d1", "action": "corrected", "resource": "320102-p"}
     objection = entries[1]
     assert objection is not None
-    expected = hashlib.sha256(id_number.encode()).hexdigest()
-    assert objection[1]["args"]["key_sha256"] == expected
+    assert objection[1]["args"]["key_pseudonym"] == pseudonym(id_number, federation_key)
+    reason = pseudonym(f"{id_number} 重复", federation_key)
+    assert objection[1]["args"]["reason_pseudonym"] == reason
+    assert "key_sha256" not in objection[1]["args"]

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import duckdb
+import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -38,6 +40,7 @@ from node.store.grants import (
     digest_of,
     filter_sql,
 )
+from node.store.outbound import pseudonym
 from node.wire import decode_table
 
 QINHUAI, XUANWU, NANJING = "320104", "320102", "320100"
@@ -627,6 +630,7 @@ def test_windows_are_halved_until_their_arrow_ipc_fits(nodes: dict[str, Node]) -
         at, _ = county.store.grants.apply_return(
             city.code, grant_id, "person", window.after_seq, window.last_seq, decode_table(payload)
         )
+        city.store.grants.confirm_return(window, at)  # as the worker does after each receipt
         windows += 1
     assert windows > 4
     assert len(returned(county)) == 122
@@ -661,6 +665,34 @@ def test_the_requests_digest_is_kept_until_a_request_is_added(
 # ----- the link: return flows leave from their worker, never from the apply path ---------------
 
 
+class _Future:
+    """A unary call in flight, as grpc's `.future()` returns it: runs at `result()`."""
+
+    def __init__(self, run: Any) -> None:
+        self._run = run
+        self.cancelled = False
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+    def result(self) -> Any:
+        if self.cancelled:
+            raise grpc.FutureCancelledError()
+        return self._run()
+
+
+class _MultiCallable:
+    def __init__(self, method: Any) -> None:
+        self._method = method
+
+    def __call__(self, request: Any, timeout: float) -> Any:
+        return self._method(request, timeout)
+
+    def future(self, request: Any, timeout: float) -> _Future:
+        return _Future(partial(self._method, request, timeout))
+
+
 class CountyStub:
     """The county's federation service as the city's link calls it, in process."""
 
@@ -675,7 +707,11 @@ class CountyStub:
         )
         return pb.GrantsReceipt(digest=request.digest)
 
-    def DeliverReturn(self, request: Any, timeout: float) -> Any:
+    @property
+    def DeliverReturn(self) -> Any:  # the link calls it as a future (cancellable)
+        return _MultiCallable(self._deliver_return)
+
+    def _deliver_return(self, request: Any, timeout: float) -> Any:
         self.calls.append("DeliverReturn")
         seq, _ = self.county.store.grants.apply_return(
             request.parent_code,
@@ -753,3 +789,210 @@ def test_return_flows_leave_from_the_worker_never_from_the_apply_path(
     assert all(d["rows"] or d["departures"] for d in details)  # empty rounds leave none
     # 2 rows, then 赵六's last version (the table holds records, not their history).
     assert sum(d["rows"] for d in details) == 2 + 1
+
+
+def _county_link(city: Node, county: Node, grant_id: str) -> tuple[ChildLink, CountyStub]:
+    """The city's link to the county, driven in process: a session's grant info, and a
+    round that brings the county's slice up to date; from then on a window per ingest."""
+    link = ChildLink(
+        Child(county.code, "127.0.0.1:9"),
+        city.config,
+        city.store,
+        Security(SecurityMode.PLAINTEXT_DEV, None, city.code),
+    )
+    stub = CountyStub(county)
+    link._stub = stub  # type: ignore[assignment]
+    link._take_grant_info(
+        pb.NodeInfo(
+            code=county.code,
+            grants_digest=county.store.grants.received_digest(city.code),
+            grant_requests_digest=county.store.grants.requests_digest(city.code),
+            return_checkpoints=[pb.ReturnCheckpoint(grant_id=grant_id, seq=0)],
+        )
+    )
+    assert link._returns_round() is False
+    stub.calls.clear()
+    # A window per ingest (each logs 2 changes).
+    sync = dataclasses.replace(city.config.sync, batch_changes=2)
+    link._config = dataclasses.replace(city.config, sync=sync)
+    return link, stub
+
+
+def _ingest_one(city: Node, resource: str, i: int) -> None:
+    """A new record in the county's slice (a window per ingest: each its own record)."""
+    person = {"id_number": f"32010419900101{i:04d}", "name": f"新{i}", "division_code": "320104"}
+    city.ingest(resource, [person])
+
+
+def _return_entries(city: Node) -> list[dict[str, Any]]:
+    sent = city.rows(
+        "SELECT detail FROM tongyuan.audit_chain WHERE kind = 'return.sent' ORDER BY seq"
+    )
+    return [json.loads(r["detail"]) for r in sent]
+
+
+def test_a_cut_stops_the_return_round_and_what_left_is_recorded(nodes: dict[str, Node]) -> None:
+    city, county, resource, grant_id = granted(nodes)
+    link, stub = _county_link(city, county, grant_id)
+    for i in range(4):
+        _ingest_one(city, resource, i)
+    deliver = stub._deliver_return
+
+    def cut_after_first(request: Any, timeout: float) -> Any:
+        receipt = deliver(request, timeout)
+        link.cut("child: its certificate was revoked")  # lands while a round is on
+        return receipt
+
+    stub._deliver_return = cut_after_first  # type: ignore[method-assign]
+    try:
+        assert link._returns_round() is False
+        assert stub.calls.count("DeliverReturn") == 1  # not up to RETURN_ROUND_WINDOWS
+        entry = _return_entries(city)[-1]
+        assert entry["windows"] == entry["rows"] == 1 and entry["grant"] == grant_id
+
+        # A cut before the call is published: it is cancelled, never delivered.
+        link._cut, link._trusted = None, True
+        stub._deliver_return = deliver  # type: ignore[method-assign]
+        stub.calls.clear()
+        window, payload = city.store.grants.next_window(
+            city.store.grants.active_for(county.code)[0], 0, 1, MAX_WINDOW_BYTES
+        ) or pytest.fail("no window")
+        link._stopping.set()
+        with pytest.raises(grpc.FutureCancelledError):
+            link._deliver_return(window, payload)
+        assert stub.calls == [] and link._return_call is None
+    finally:
+        link.stop()
+
+
+def test_a_failing_grant_records_what_left_and_logs_once(
+    nodes: dict[str, Node], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    city, county, resource, grant_id = granted(nodes)
+    link, stub = _county_link(city, county, grant_id)
+    for i in range(3):
+        _ingest_one(city, resource, i)
+    grants = city.store.grants
+    next_window = grants.next_window
+    reads = [0]
+
+    def breaks_after_one(*args: Any, **kwargs: Any) -> Any:
+        reads[0] += 1
+        if reads[0] > 1:
+            raise duckdb.IOException("disk went away")
+        return next_window(*args, **kwargs)
+
+    monkeypatch.setattr(grants, "next_window", breaks_after_one)
+    try:
+        with caplog.at_level("WARNING", logger=links.__name__):
+            assert link._returns_round() is False  # the failure ends the grant's round only
+            link._returns_round()
+        assert stub.calls.count("DeliverReturn") == 1
+        entry = _return_entries(city)[-1]  # the window that left is in the evidence
+        assert entry["windows"] == 1 and entry["rows"] == 1
+        failed = [r for r in caplog.records if "disk went away" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].exc_info  # once, with its traceback
+        assert "IOException" in link._grant_problems[grant_id]
+    finally:
+        link.stop()
+
+
+def test_nothing_is_noted_or_sent_for_a_grant_revoked_after_its_check(
+    nodes: dict[str, Node],
+) -> None:
+    city, county, _resource, grant_id = granted(nodes)
+    grants = city.store.grants
+    (grant,) = grants.active_for(county.code)
+    window, _ = grants.next_window(grant, 0, 100, MAX_WINDOW_BYTES) or pytest.fail("no window")
+    assert window.live
+    city.grants.revoke(grant_id, actor="市大数据局")
+    assert grants.note_sending(window) is False
+    assert city.rows("SELECT count(*) AS n FROM tongyuan.grant_sent") == [{"n": 0}]
+
+
+def test_a_changed_sharing_rule_sends_the_slice_again_in_its_new_form(
+    nodes: dict[str, Node],
+) -> None:
+    """A catalogue change touches no record, yet changes what may leave: a grade raised
+    re-sends the slice in the new form (a window from 0 replaces the county's copy), and
+    a resource made not shared empties it, long before the grant ends."""
+    city, county = nodes[NANJING], nodes[QINHUAI]
+    resource = f"{NANJING}-GA-002"
+    entry: dict[str, Any] = {
+        "code": resource,
+        "name": "全市户籍人口",
+        "summary": "人口",
+        "department": "公安局",
+        "entity": "person",
+        "update_frequency": "daily",
+        "sharing": "conditional",
+        "sharing_conditions": "仅限政务部门履职使用",
+        "fields": [
+            {"name": "id_number", "sensitivity": "general"},
+            {"name": "name", "sensitivity": "general"},
+            {"name": "division_code"},
+        ],
+    }
+    city.catalog.add([entry], "people.toml", "tester", publish=True)
+    city.ingest(resource, PEOPLE)
+    county.store.record_parent_ack(NANJING, 0)
+    made = county.grants.request(resource, ["division_code=320104"], "低保资格核查", "1h")
+    assert pull_requests(city, county) == (1, [])
+    city.grants.approve(made["id"], actor="市大数据局")
+    deliver_grants(city, county)
+    send_windows(city, county)
+    assert returned(county) == {PEOPLE[0]["id_number"]: "王五", PEOPLE[1]["id_number"]: "赵六"}
+
+    def change(**fields: str) -> None:
+        edited = {**entry, **{k: v for k, v in fields.items() if k == "sharing"}}
+        edited["fields"] = [
+            {**f, "sensitivity": fields.get(f["name"], f.get("sensitivity"))}
+            if "sensitivity" in f
+            else f
+            for f in entry["fields"]
+        ]
+        city.catalog.edit(resource, edited, "people.toml", "tester")
+        city.catalog.publish(resource, "tester")
+
+    # Names graded important: no record changed, yet the county's copy is replaced.
+    change(name="important")
+    send_windows(city, county)
+    assert returned(county) == {PEOPLE[0]["id_number"]: "王*", PEOPLE[1]["id_number"]: "赵*"}
+    # Nothing changed since: nothing is sent again.
+    assert [t.num_rows for t in send_windows(city, county, max_changes=10_000)] == []
+
+    # ID numbers graded core: the county holds pseudonyms, never the numbers.
+    change(name="important", id_number="core")
+    send_windows(city, county)
+    held = returned(county)
+    assert sorted(held.values()) == ["王*", "赵*"] and all(k.startswith("ty1:") for k in held)
+
+    # Not shared: the county's slice empties though the grant is still in force.
+    change(sharing="not_shared")
+    send_windows(city, county)
+    assert returned(county) == {}
+    assert city.store.grants.in_force(made["id"])
+
+
+def test_grant_filters_are_pseudonymised_in_audit_entries(nodes: dict[str, Node]) -> None:
+    """Audit entries travel up (GetAudit) and into exports: a filter naming a person
+    reaches the province, or a reader of the export, only as a pseudonym."""
+    id_number = PEOPLE[0]["id_number"]
+    city, county, _resource, grant_id = granted(nodes, filter=f"id_number={id_number}")
+    city.grants.revoke(grant_id, actor="市大数据局")
+    for node in (city, county):
+        rows = node.rows("SELECT kind, detail FROM tongyuan.audit_chain ORDER BY seq")
+        entries = [(r["kind"], json.loads(r["detail"])) for r in rows]
+        assert not [e for e in entries if id_number in json.dumps(e, ensure_ascii=False)]
+        key = node.store.outbound.federation_key()
+        shown = [d["filter_pseudonym"] for k, d in entries if k.startswith("grant.")
+                 and "filter_pseudonym" in d]  # fmt: skip
+        assert shown and set(shown) == {f"id_number={pseudonym(id_number, key)}"}
+    kinds = {k for k, d in entries if "filter_pseudonym" in d}
+    assert kinds == {"grant.requested"}  # the county's own request
+    city_kinds = [
+        r["kind"]
+        for r in city.rows("SELECT kind, detail FROM tongyuan.audit_chain ORDER BY seq")
+        if "filter_pseudonym" in json.loads(r["detail"])
+    ]
+    assert city_kinds == ["grant.requested", "grant.approved", "grant.revoked"]

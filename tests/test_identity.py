@@ -7,6 +7,7 @@ restarting the parent). The certificate logic itself is tested in process in tes
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +32,8 @@ from node.config import Child
 from node.demo_data import fake_people
 from node.errors import UserError
 from node.federation import links
-from node.security import pki
-from node.security.identity import Refusals, Security, SecurityMode
+from node.security import identity, pki
+from node.security.identity import Refusals, Security, SecurityMode, verify_child
 
 
 @contextmanager
@@ -371,6 +372,7 @@ def test_a_link_is_trusted_only_after_every_identity_check(
     link._refusals = Refusals()
     link._cut = None
     link._call = None
+    link._return_call = None
     link._trusted = False
     link._pull_model = lambda digest: None  # type: ignore[method-assign]
 
@@ -389,3 +391,188 @@ def test_a_link_is_trusted_only_after_every_identity_check(
     assert link._trusted is True
     link.cut("child 320102: its certificate was revoked")
     assert link._trusted is False
+
+
+def _bare_link(calls: dict[str, Any]) -> links.ChildLink:
+    """A ChildLink with just what a session reads: a child whose identity checks pass and
+    whose PullChanges call is noted (cancelled or not), its store a stand-in."""
+
+    class Call:
+        cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+        def __iter__(self) -> Iterator[Any]:
+            return iter(())
+
+    class Stub:
+        def GetInfo(self, request: pb.GetInfoRequest, timeout: float) -> pb.NodeInfo:
+            return pb.NodeInfo(code="320102", node_id="n-1")
+
+        def PullChanges(self, request: pb.PullRequest, timeout: float | None) -> Call:
+            calls["pull"] = Call()
+            return calls["pull"]
+
+    class Store:
+        def link(self, code: str) -> None:
+            return None
+
+        def link_node_id(self, code: str) -> str:
+            return "n-1"
+
+        def record_link_error(self, code: str, message: str) -> None:
+            calls.setdefault("errors", []).append(message)
+
+    link = object.__new__(links.ChildLink)
+    link.child = Child("320102", "127.0.0.1:1")
+    link._config = SimpleNamespace(  # type: ignore[assignment]
+        code="320100",
+        sync=SimpleNamespace(
+            batch_changes=100, heartbeat_seconds=1.0, subscribe=True, pull_interval_seconds=1.0
+        ),
+    )
+    link._security = Security(SecurityMode.MTLS, None, "320100")
+    link._store = Store()  # type: ignore[assignment]
+    link._stub = Stub()  # type: ignore[assignment]
+    link._refusals = Refusals()
+    link._cut = None
+    link._call = None
+    link._return_call = None
+    link._trusted = False
+    link._stopping = threading.Event()
+    link._session = threading.Lock()
+    link._log = {"child": "320102"}
+    link.state, link.error, link.pull_errors = "connecting", None, 0
+    link._pull_model = lambda digest: None  # type: ignore[method-assign]
+    link._deliver_downward = lambda info=None: None  # type: ignore[method-assign]
+    link._take_grant_info = lambda info: None  # type: ignore[method-assign]
+
+    def applied(received: Any, follow: bool) -> None:
+        calls["applied"] = True
+
+    link._apply_stream = applied  # type: ignore[method-assign]
+    return link
+
+
+def test_a_revocation_during_the_identity_check_is_never_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cut() while the register is read, or after the check passed but before the
+    stream's call exists, ends the session: nothing of the child's is applied."""
+    reason = "child 320102: its certificate was revoked"
+    calls: dict[str, Any] = {}
+    link = _bare_link(calls)
+
+    def revoked_while_reading(*args: Any, **kwargs: Any) -> None:
+        link.cut(reason)  # `pki revoke` lands while verify_child reads the register
+
+    monkeypatch.setattr(links, "verify_child", revoked_while_reading)
+    with pytest.raises(UserError, match="revoked"):
+        link._check_identity()
+    assert link._trusted is False and link._cut == reason
+
+    monkeypatch.setattr(links, "verify_child", lambda *args, **kwargs: None)
+    link._check_identity()  # a new session clears the old cut: checked again
+    assert link._trusted is True and link._cut is None
+
+    # Revoked during the deliveries after the check, when cut() finds no call to cancel.
+    link._deliver_downward = lambda info=None: link.cut(reason)  # type: ignore[method-assign]
+    assert link._pull_session(follow=True) is False
+    assert "applied" not in calls and calls["pull"].cancelled
+    assert link.error == reason and link._trusted is False and link.state == "down"
+
+    # A batch arriving after a cut is refused, not applied.
+    with pytest.raises(UserError, match="revoked"):
+        link._apply([])
+
+
+def test_an_unexpected_failure_of_a_session_never_ends_the_link(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: dict[str, Any] = {}
+    link = _bare_link(calls)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("register.json")
+
+    monkeypatch.setattr(links, "verify_child", broken)
+    link._trusted = True
+    with caplog.at_level("WARNING", logger=links.__name__):
+        assert link._pull_session(follow=True) is False
+        assert link._pull_session(follow=True) is False
+    assert link.state == "down" and link.pull_errors == 2 and link._trusted is False
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1  # once per problem, with its traceback
+
+    sessions: list[bool] = []
+
+    def session(follow: bool) -> bool:
+        sessions.append(follow)
+        if len(sessions) == 1:
+            raise RuntimeError("a bug outside the session's own handling")
+        link._stopping.set()
+        return True
+
+    link._pull_session = session  # type: ignore[method-assign]
+    link._stream_forever()  # survives the first session's exception
+    assert sessions == [True, True]
+
+
+def test_a_key_that_does_not_match_the_certificate_is_a_user_error(tmp_path: Path) -> None:
+    own = pki.init_root(tmp_path, "320000")
+    own.key_path.write_bytes(pki.key_pem(pki.new_key()))  # a key for another certificate
+    with pytest.raises(UserError, match=r"node\.key does not match node\.crt"):
+        verify_child(Security(SecurityMode.MTLS, own, "320000"), "320100", "127.0.0.1:1")
+    own.key_path.unlink()
+    with pytest.raises(UserError, match="cannot read"):
+        verify_child(Security(SecurityMode.MTLS, own, "320000"), "320100", "127.0.0.1:1")
+
+
+def test_a_replacing_link_waits_for_the_old_ones_threads() -> None:
+    link = object.__new__(links.ChildLink)
+    link._stopping = threading.Event()
+    release, ran = threading.Event(), threading.Event()
+    old = threading.Thread(target=release.wait, daemon=True)
+    old.start()
+    new = threading.Thread(target=link._after(old, ran.set), daemon=True)
+    new.start()
+    assert not ran.wait(0.3)  # the old worker still runs: the new one has not started
+    release.set()
+    new.join(5)
+    assert ran.is_set()
+
+
+def test_refusals_are_capped_per_minute_with_one_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers without certificates are told apart by address: many addresses write at
+    most REFUSAL_REPORT_MAX entries a minute, and one entry for the rest."""
+    monkeypatch.setattr(identity.threading, "Timer", _NoTimer)
+    audited: list[dict[str, Any]] = []
+    clock = [0.0]
+    refusals = Refusals(lambda kind, detail: audited.append(detail), lambda: clock[0])
+    cap = identity.REFUSAL_REPORT_MAX
+    recorded = [refusals.report(f"10.0.{i}.1", "no client certificate", {}) for i in range(50)]
+    assert recorded.count(True) == cap and len(audited) == cap
+    assert _NoTimer.started == 1  # the summary is due when the minute ends
+    clock[0] += 61
+    assert refusals.report("10.1.0.1", "no client certificate", {}) is True
+    summary, entry = audited[cap:]
+    assert summary["more"] == 20 and summary["reason"].startswith("20 more refusals")
+    assert entry["reason"] == "no client certificate"
+    for i in range(cap + 4):  # the new minute: 1 recorded already, cap - 1 more, 5 over
+        refusals.report(f"10.2.{i}.1", "no client certificate", {})
+    clock[0] += 61
+    refusals.flush()  # the minute ended with no refusal after it: the timer's call
+    assert audited[-1]["more"] == 5 and len(audited) == 2 * cap + 2
+    refusals.flush()
+    assert len(audited) == 2 * cap + 2  # once
+
+
+class _NoTimer:
+    started = 0
+
+    def __init__(self, interval: float, function: Any) -> None:
+        self.daemon = False
+
+    def start(self) -> None:
+        _NoTimer.started += 1

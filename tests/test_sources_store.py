@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 from stores import NAMES, StoreNode, closing_all
 
+from node.store.outbound import pseudonym
 from node.store.sources import delivery_digest, norm_key_sql
 
 GULOU, QINHUAI, NANJING, JIANGSU = "320102", "320104", "320100", "320000"
@@ -249,3 +250,47 @@ def test_discrepancies_go_down_only_to_their_source_and_replace_what_came_before
     empty = second.slice(0, 0)
     source.store.sources.replace_received(NANJING, empty, delivery_digest(empty))
     assert source.discrepancies() == {}
+
+
+def test_a_parents_own_observation_reaches_the_source_as_its_grading_lets_it_leave(
+    nodes: dict[str, Node],
+) -> None:
+    """The city observes 玄武区's people itself under a conditional resource (ID number
+    core, name important): a discrepancy it finds carries its own observation down as
+    that observation would leave the city, never in clear."""
+    source, city = nodes[GULOU], nodes[NANJING]
+    observing = {
+        "code": f"{NANJING}-MZ-001",
+        "name": "民政局人口信息",
+        "summary": "人口",
+        "department": "民政局",
+        "entity": "person",
+        "update_frequency": "daily",
+        "sharing": "conditional",
+        "sharing_conditions": "仅限政务部门履职使用",
+        "source_node": GULOU,
+        "source_department": "公安局",
+        "fields": [
+            {"name": "id_number", "sensitivity": "core"},
+            {"name": "name", "sensitivity": "important"},
+        ],
+    }
+    city.catalog.add([observing], "people.toml", "tester", publish=True)
+    source.ingest(SOURCE, [person(ZHANG, "张三", "1")])
+    city.ingest(observing["code"], [{"id_number": ZHANG, "name": "张三丰"}])
+    city.pull(source)
+    city.store.sources.crosscheck()
+    (held,) = city.store.sources.discrepancies()
+    assert (held["observer_node"], held["observed_value"]) == (NANJING, "张三丰")
+
+    digest, table = city.store.sources.downward_set(GULOU)
+    (sent,) = table.to_pylist()
+    key = city.store.outbound.federation_key()
+    assert sent["observed_value"] == "张**"
+    assert sent["record_key"] == pseudonym(ZHANG, key)
+    assert sent["id"] == pseudonym(held["id"], key)
+    assert (sent["source_key"], sent["authoritative_value"]) == (ZHANG, "张三")  # the source's
+    assert "张三丰" not in str(sent) and digest == delivery_digest(table)
+    # The source takes it as any set.
+    source.store.sources.replace_received(NANJING, table, digest)
+    assert source.discrepancies()[(ZHANG, "name")]["observed_value"] == "张**"

@@ -37,6 +37,7 @@ from node.security.identity import (
     verify_child,
 )
 from node.store import IncomingBatch, Store
+from node.store.grants import ReturnWindow
 from node.store.model import delivery_digest
 from node.store.quality import NEVER_SEQ
 from node.wire import (
@@ -62,6 +63,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 _END = object()
+# How long a scheduled job waits for a link's identity checks under way.
+TRUST_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -127,7 +130,10 @@ class ChildLink:
         self._returns_thread: threading.Thread | None = None
         self._active_grants: tuple[int, list[dict[str, Any]]] = (-1, [])
         self._grant_round = threading.Lock()
-        self._grant_problem: str | None = None
+        # Per grant, the return-flow problem last logged (each logged once, not every round).
+        self._grant_problems: dict[str, str] = {}
+        # The DeliverReturn call in flight, cancelled by stop() and cut().
+        self._return_call: Any = None
         self.state = "connecting"
         self.child_head: int | None = None
         self.last_heartbeat: float | None = None
@@ -142,31 +148,52 @@ class ChildLink:
 
     # ----- control -----------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, replacing: ChildLink | None = None) -> None:
+        """Start the link's threads; with `replacing` (the stopped link this one replaces),
+        each waits for its predecessor's to end first, so one child never has two pullers
+        or two return workers, however long the old one takes to finish."""
+        old = replacing
         if self._config.sync.subscribe:
             self._thread = threading.Thread(
-                target=self._stream_forever, name=f"link-{self.child.code}", daemon=True
+                target=self._after(old._thread if old else None, self._stream_forever),
+                name=f"link-{self.child.code}",
+                daemon=True,
             )
             self._thread.start()
         self._returns_thread = threading.Thread(
-            target=self._returns_forever, name=f"returns-{self.child.code}", daemon=True
+            target=self._after(old._returns_thread if old else None, self._returns_forever),
+            name=f"returns-{self.child.code}",
+            daemon=True,
         )
         self._returns_thread.start()
 
+    def _after(
+        self, previous: threading.Thread | None, run: Callable[[], None]
+    ) -> Callable[[], None]:
+        def body() -> None:
+            if previous is not None:
+                previous.join()
+            if not self._stopping.is_set():
+                run()
+
+        return body
+
     def cut(self, reason: str) -> None:
         """End the current session now (a revoked certificate); the next one re-checks."""
+        # Set before the calls are read: a session or return publishing its call after
+        # this sees the cut (_pull_session, _deliver_return) and ends it itself.
         self._cut = reason
         self._trusted = False
-        call = self._call
-        if call is not None:
-            call.cancel()
+        for call in (self._call, self._return_call):
+            if call is not None:
+                call.cancel()
 
     def stop(self) -> None:
         """Stop pulling; an apply in progress finishes (it holds the store's writer)."""
         self._stopping.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
+        for call in (self._call, self._return_call):
+            if call is not None:
+                call.cancel()
         self._returns_wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -191,10 +218,17 @@ class ChildLink:
     def _stream_forever(self) -> None:
         backoff = 0.2
         while not self._stopping.is_set():
-            with self._session:
-                if self._stopping.is_set():
-                    break
-                ok = self._pull_session(follow=True)
+            ok = False
+            try:
+                with self._session:
+                    if self._stopping.is_set():
+                        break
+                    ok = self._pull_session(follow=True)
+            except Exception:  # the stream thread must outlive any one bad session
+                log.exception(
+                    "child %s: link session failed unexpectedly", self.child.code, extra=self._log
+                )
+                self._trusted = False
             if ok:
                 backoff = 0.2
             self._stopping.wait(backoff)
@@ -233,6 +267,15 @@ class ChildLink:
         except (grpc.RpcError, UserError) as exc:
             self._failed(exc)
             return False
+        except Exception as exc:  # a bug or a broken file must not end the link's thread
+            if _describe(exc) != self.error:  # with its traceback, once per problem
+                log.exception(
+                    "child %s: identity check failed unexpectedly",
+                    self.child.code,
+                    extra=self._log,
+                )
+            self._failed(exc)
+            return False
         self._call = call
         done = threading.Event()
         receiver = threading.Thread(
@@ -242,11 +285,15 @@ class ChildLink:
             daemon=True,
         )
         receiver.start()
-        self.state = "streaming" if follow else "polling"
         try:
+            # Revoked after the check but before cut() could see the call: end it here.
+            if self._cut is not None:
+                raise UserError(self._cut)
+            self.state = "streaming" if follow else "polling"
             self._apply_stream(received, follow)
             if follow:
                 self.state = "reconnecting"
+                self._trusted = False  # the next session checks the child again
             elif not self._config.sync.subscribe:
                 self.state = "idle"
             self.error = None
@@ -270,9 +317,10 @@ class ChildLink:
     def _check_identity(self) -> None:
         """Refuse to pull from an address that serves some other node."""
         self._trusted = False
+        # Cleared before the register is read: a cut() landing from here on stays set.
+        self._cut = None
         # The child's certificate: names it, issued here, not revoked (mTLS only).
         verify_child(self._security, self.child.code, self.child.address, refusals=self._refusals)
-        self._cut = None
         info = self._stub.GetInfo(pb.GetInfoRequest(caller_code=self._config.code), timeout=5)
         if info.code != self.child.code:
             raise UserError(
@@ -293,6 +341,9 @@ class ChildLink:
         # Trusted only now that it is the child we know (scheduled pulls need it); before
         # the deliveries below, which neither need it nor may keep those jobs from running.
         self._trusted = True
+        if self._cut is not None:  # cut() between the check above and the line above
+            self._trusted = False
+            raise UserError(self._cut)
         self._pull_model(info.model_digest)
         self._child_rules = (info.rules_digest, info.rules_since_seq)
         self._deliver_downward(info)
@@ -323,10 +374,21 @@ class ChildLink:
         models.save_child_model(self.child.code, model)
         log.info("child %s: works with model %s", self.child.code, model.label(), extra=self._log)
 
+    def _await_trust(self, timeout: float = TRUST_WAIT_SECONDS) -> bool:
+        """For scheduled jobs that talk to the child: whether a session's identity checks
+        have passed, waiting a little for one under way (a job that fires at a link's
+        start would otherwise skip its first run and wait a whole period)."""
+        deadline = time.monotonic() + timeout
+        while not self._trusted:
+            if self._stopping.is_set() or time.monotonic() >= deadline:
+                return False
+            self._stopping.wait(0.05)
+        return not self._stopping.is_set()
+
     def anchor_audit(self) -> None:
         """Scheduled job, upward: verify the child's new audit entries and record its head
         in this node's own chain (node/security/audit.py). Off the apply path."""
-        if self._stopping.is_set() or not self._trusted:
+        if not self._await_trust():
             return
         try:
             self._auditor.run(self._stub)
@@ -337,7 +399,7 @@ class ChildLink:
         """Scheduled job, upward: the child's quality report (its subtree's scores), so
         scores roll up county → city → province. Off the apply path: a child computing
         its report never delays its changes."""
-        if self._stopping.is_set() or not self._trusted:
+        if not self._await_trust():
             return
         scores = self._store.scores
         try:
@@ -526,7 +588,13 @@ class ChildLink:
                 at = 0  # deletes since `at` are compacted away: the whole slice again
             first, windows, rows, departures = at, 0, 0, 0
             try:
-                while not self._stopping.is_set() and grants.in_force(grant_id):
+                # Before every window: still trusted, not cut, the grant still in force.
+                while (
+                    not self._stopping.is_set()
+                    and self._trusted
+                    and self._cut is None
+                    and grants.in_force(grant_id)
+                ):
                     if windows >= RETURN_ROUND_WINDOWS:
                         more = True
                         break
@@ -539,46 +607,96 @@ class ChildLink:
                         window.last_seq - window.after_seq < batch and quiet < 60
                     ):
                         break  # nothing for this slice: the checkpoint may lag a little
-                    grants.note_sending(window)
-                    receipt = self._stub.DeliverReturn(
-                        pb.ReturnDelivery(
-                            parent_code=self._config.code,
-                            grant_id=window.grant_id,
-                            after_seq=window.after_seq,
-                            last_seq=window.last_seq,
-                            entity=window.entity,
-                            arrow_ipc=payload,
-                            rows=window.table.num_rows,
-                        ),
-                        timeout=30,
-                    )
-                    grants.confirm_return(window, receipt.seq)
-                    self._returned[grant_id] = receipt.seq
-                    self._returns_sent_at[grant_id] = time.monotonic()
+                    if not grants.note_sending(window):
+                        break  # revoked or expired since the check above: nothing leaves
+                    seq = self._deliver_return(window, payload)
+                    # Sent: counted now, whatever fails after (the evidence covers it).
                     windows += 1
                     rows += window.live
                     departures += window.departures
-                    if receipt.seq <= at:
+                    self._returns_sent_at[grant_id] = time.monotonic()
+                    moved = seq > window.after_seq  # from 0 when sent again
+                    if moved:
+                        at = seq
+                    grants.confirm_return(window, seq)
+                    self._returned[grant_id] = seq
+                    if not moved:
                         break  # the child did not move on: ask again next round
-                    at = receipt.seq
-                self._grant_problem = None
-            except (grpc.RpcError, UserError) as exc:
-                problem = f"grant {grant_id}: return flow failed: {_describe(exc)}"
-                if problem != self._grant_problem:  # once per problem, not every round
-                    log.warning("child %s: %s", self.child.code, problem, extra=self._log)
-                self._grant_problem = problem
-            if rows or departures:
-                grants.record_sent(grant, self.child.code, first, at, rows, departures, windows)
-                log.info(
-                    "child %s: grant %s: sent %d rows and %d departures, held through seq %d",
-                    self.child.code,
-                    grant_id,
-                    rows,
-                    departures,
-                    at,
-                    extra=self._log,
-                )
+                self._grant_problems.pop(grant_id, None)
+            except Exception as exc:  # one grant's failure never stops the others
+                if not self._stopping.is_set() and self._cut is None:
+                    self._grant_failed(grant_id, exc)
+            finally:
+                if rows or departures:
+                    self._record_sent(grant, first, at, rows, departures, windows)
         return more
+
+    def _deliver_return(self, window: ReturnWindow, payload: bytes) -> int:
+        """One window to the child; returns the sequence it holds the slice through. The
+        call is published first, so stop() and cut() can cancel it while in flight."""
+        call = self._stub.DeliverReturn.future(
+            pb.ReturnDelivery(
+                parent_code=self._config.code,
+                grant_id=window.grant_id,
+                after_seq=window.after_seq,
+                last_seq=window.last_seq,
+                entity=window.entity,
+                arrow_ipc=payload,
+                rows=window.table.num_rows,
+            ),
+            timeout=30,
+        )
+        self._return_call = call
+        try:
+            if self._stopping.is_set() or self._cut is not None:
+                call.cancel()  # stop() or cut() came before the call was published
+            return int(call.result().seq)
+        finally:
+            self._return_call = None
+
+    def _grant_failed(self, grant_id: str, exc: BaseException) -> None:
+        """Log a grant's return-flow failure once per problem, not every round."""
+        expected = isinstance(exc, grpc.RpcError | UserError)
+        problem = f"grant {grant_id}: return flow failed: {_describe(exc)}"
+        if not expected:
+            problem = f"{problem} ({type(exc).__name__})"
+        if problem == self._grant_problems.get(grant_id):
+            return
+        self._grant_problems[grant_id] = problem
+        if expected:
+            log.warning("child %s: %s", self.child.code, problem, extra=self._log)
+        else:
+            log.exception("child %s: %s", self.child.code, problem, extra=self._log)
+
+    def _record_sent(
+        self, grant: dict[str, Any], first: int, at: int, rows: int, departures: int, windows: int
+    ) -> None:
+        try:
+            self._store.grants.record_sent(
+                grant, self.child.code, first, at, rows, departures, windows
+            )
+        except Exception:  # logged with what was sent, so the evidence is not lost silently
+            log.exception(
+                "child %s: grant %s: could not record sending %d rows and %d departures "
+                "(seq %d to %d) in the audit chain",
+                self.child.code,
+                grant["id"],
+                rows,
+                departures,
+                first,
+                at,
+                extra=self._log,
+            )
+            return
+        log.info(
+            "child %s: grant %s: sent %d rows and %d departures, held through seq %d",
+            self.child.code,
+            grant["id"],
+            rows,
+            departures,
+            at,
+            extra=self._log,
+        )
 
     def _pull_grant_requests(self, child_digest: str) -> None:
         """Upward, pulled: the child's requests addressed to us, when they changed."""
@@ -772,6 +890,8 @@ class ChildLink:
         return decode_batch(message, self._store.log_entities, self.child.code)
 
     def _apply(self, group: list[IncomingBatch]) -> None:
+        if self._cut is not None:  # revoked: nothing more of this child's is applied
+            raise UserError(self._cut)
         self._deliver_downward()
         if group[-1].model_digest:
             self._pull_model(group[-1].model_digest)
@@ -830,6 +950,7 @@ class ChildLink:
         self._last_ack = now
 
     def _failed(self, exc: BaseException) -> None:
+        self._trusted = False  # unchecked until a session's checks pass again
         if self._stopping.is_set():
             return
         message = self._cut or _describe(exc)
@@ -878,7 +999,7 @@ class LinkManager:
         link = ChildLink(child, self._config, self._store, self._security)
         with self._lock:
             self._links[child.code] = link
-        link.start()
+        link.start(replacing=old)
         for callback in self._on_change:
             callback(child.code, link)
 

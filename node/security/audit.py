@@ -40,12 +40,11 @@ shown in status and metrics, and recorded in the parent's own chain; data keeps 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +77,7 @@ from node.store.audit import (
     Evidence,
     entry_hash,
 )
+from node.store.outbound import pseudonym
 from node.wire import decode_table
 
 log = logging.getLogger(__name__)
@@ -577,18 +577,24 @@ _RESULT_KEYS = (
 # not carry a record's content — a conditional resource's values leave a node only
 # masked or pseudonymised. Arguments that may hold a value are dropped (that one was
 # given shows as `<name>_given`); those that may hold a record's key, or free text that
-# may quote one, are kept as their SHA-256 (`<name>_sha256`), which proves what was
-# said without saying it.
+# may quote one, are kept as their pseudonym under the federation key (`<name>_pseudonym`,
+# HMAC-SHA256 as on the way out, `node.store.outbound.pseudonym`), which proves what was
+# said without saying it. Not a plain SHA-256: an ID number has about 1e11 candidates,
+# and hashing them all takes minutes without a key.
 _VALUE_ARGS = frozenset({"value", "values", "observed_value", "corrected", "row", "rows_data"})
 _DIGEST_ARGS = frozenset({"key", "keys", "record_key", "source_key", "note", "reason"})
+# The federation key, fetched only when an entry has something to pseudonymise.
+KeySource = Callable[[], bytes]
 
 
-def _sha256(value: Any) -> str:
+def evidence_pseudonym(value: Any, key: bytes) -> str:
+    """A value (text, or anything JSON-able) as audit evidence: its pseudonym under the
+    federation key."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return pseudonym(text, key)
 
 
-def _brief(value: Any) -> Any:
+def _brief(value: Any, key: KeySource) -> Any:
     """An argument as evidence: lists of documents by their codes, long text cut, values
     and keys never in clear (see _VALUE_ARGS)."""
     if isinstance(value, str):
@@ -596,39 +602,40 @@ def _brief(value: Any) -> Any:
     if isinstance(value, list):
         if all(isinstance(v, dict) for v in value):
             return [v.get("code", v.get("id", "?")) for v in value][:200]
-        return [_brief(v) for v in value[:200]]
+        return [_brief(v, key) for v in value[:200]]
     if isinstance(value, dict):
-        return _withheld(dict(list(value.items())[:50]))
+        return _withheld(dict(list(value.items())[:50]), key)
     return value
 
 
-def _withheld(args: dict[str, Any]) -> dict[str, Any]:
+def _withheld(args: dict[str, Any], key: KeySource) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in args.items():
         if name in _VALUE_ARGS:
             out[f"{name}_given"] = value is not None
         elif name in _DIGEST_ARGS:
             if value is not None and value != "":
-                out[f"{name}_sha256"] = _sha256(value)
+                out[f"{name}_pseudonym"] = evidence_pseudonym(value, key())
         else:
-            out[name] = _brief(value)
+            out[name] = _brief(value, key)
     return out
 
 
 def operation_entry(
-    method: str, args: dict[str, Any], result: Any
+    method: str, args: dict[str, Any], result: Any, key: KeySource
 ) -> tuple[str, dict[str, Any]] | None:
     """The entry (kind, detail) a named operation records, or None when it changed
-    nothing worth evidence. No record value or key is ever in it (see _VALUE_ARGS)."""
+    nothing worth evidence. No record value or key is ever in it (see _VALUE_ARGS);
+    `key` gives the federation key (called only when something is pseudonymised)."""
     kind = AUDITED_OPERATIONS.get(method)
     if kind is None or args.get("dry_run"):
         return None
     detail: dict[str, Any] = {"operation": method}
-    detail["args"] = _withheld({k: v for k, v in args.items() if k != "actor"})
+    detail["args"] = _withheld({k: v for k, v in args.items() if k != "actor"}, key)
     if isinstance(result, dict):
-        detail["result"] = _withheld({k: result[k] for k in _RESULT_KEYS if k in result})
+        detail["result"] = _withheld({k: result[k] for k in _RESULT_KEYS if k in result}, key)
     elif isinstance(result, list):
-        detail["result"] = _brief(result)
+        detail["result"] = _brief(result, key)
     return kind, detail
 
 

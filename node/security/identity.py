@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 FEDERATION_PREFIX = "/tongyuan.v1.Federation/"
 # The same refusal (caller and reason) is logged and audited at most once per this period.
 REFUSAL_REPORT_SECONDS = 60.0
+# And at most this many refusals in all per period (callers without a certificate are
+# told apart by address, so many addresses would each write one): the rest are counted
+# and written as one summary entry when the period ends (or with the next entry).
+REFUSAL_REPORT_MAX = 30
 # Fields a Federation request names its caller by.
 _CALLER_FIELDS = ("parent_code", "caller_code")
 
@@ -148,12 +152,19 @@ class Refusals:
         self._clock = clock
         self._lock = threading.Lock()
         self._reported: dict[tuple[str, str], float] = {}
+        # The global cap: when the current period began, refusals recorded in it, and
+        # those beyond the cap (counted, summarised once the period ends).
+        self._period_start: float | None = None
+        self._period_count = 0
+        self._suppressed = 0
+        self._timer: threading.Timer | None = None
 
     def attach(self, sink: AuditSink) -> None:
         self._sink = sink
 
     def report(self, who: str, reason: str, detail: dict[str, Any]) -> bool:
-        """Record the refusal unless the same one was recorded within the period; returns
+        """Record the refusal unless the same one was recorded within the period, or
+        REFUSAL_REPORT_MAX were this period (then it is counted for the summary); returns
         whether it was recorded."""
         now = self._clock()
         key = (who, reason)
@@ -161,16 +172,67 @@ class Refusals:
             last = self._reported.get(key)
             if last is not None and now - last < REFUSAL_REPORT_SECONDS:
                 return False
-            if len(self._reported) > 1024:
-                self._reported.clear()
-            self._reported[key] = now
+            summary = self._roll(now)
+            if self._period_count >= REFUSAL_REPORT_MAX:
+                self._suppressed += 1
+                if self._suppressed == 1:
+                    self._schedule_flush(now)
+                recorded = False
+            else:
+                self._period_count += 1
+                if len(self._reported) > 1024:
+                    self._reported.clear()
+                self._reported[key] = now
+                recorded = True
+        self._summarise(summary)
+        if not recorded:
+            return False
         log.warning("refused %s: %s", who, reason)
+        self._write(detail | {"reason": reason})
+        return True
+
+    def flush(self) -> None:
+        """Write the summary of the refusals beyond the cap once their period has ended."""
+        with self._lock:
+            summary = self._roll(self._clock())
+        self._summarise(summary)
+
+    def _roll(self, now: float) -> int:
+        """Start a new period if the current one ended (lock held); returns the count of
+        the ended period's refusals beyond the cap, to summarise."""
+        start = self._period_start
+        if start is not None and now - start < REFUSAL_REPORT_SECONDS:
+            return 0
+        summary, self._suppressed = self._suppressed, 0
+        self._period_start, self._period_count = now, 0
+        return summary
+
+    def _schedule_flush(self, now: float) -> None:
+        """(Lock held.) The summary is written when the period ends even if no other
+        refusal comes to carry it."""
+        start = self._period_start if self._period_start is not None else now
+        delay = max(start + REFUSAL_REPORT_SECONDS - now, 0.0) + 0.5
+        timer = threading.Timer(delay, self.flush)
+        timer.daemon = True
+        timer.start()
+        self._timer = timer
+
+    def _summarise(self, count: int) -> None:
+        if not count:
+            return
+        reason = (
+            f"{count} more refusals within {REFUSAL_REPORT_SECONDS:.0f}s beyond the "
+            f"{REFUSAL_REPORT_MAX} recorded one by one"
+        )
+        log.warning("refused %s", reason)
+        self._write({"summary": True, "more": count, "reason": reason})
+
+    def _write(self, detail: dict[str, Any]) -> None:
         if self._sink is not None:
             try:
-                self._sink("login.refused", detail | {"reason": reason})
+                self._sink("login.refused", detail)
             except Exception:  # the refusal stands whatever the audit log does
                 log.exception("could not record a refused login in the audit log")
-        return True
 
 
 # ----- child side: who may call ----------------------------------------------------------
@@ -386,11 +448,7 @@ def _verify_child(security: Security, child_code: str, address: str, timeout: fl
     own = validity_problem(identity.certificate, f"node {identity.code}'s own certificate")
     if own:
         raise UserError(f"cannot pull from child {child_code}: {own}; ask its parent for a new one")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cadata=identity.root_pem().decode())
-    context.load_cert_chain(str(identity.fullchain_path), str(identity.key_path))
-    context.set_alpn_protocols(["h2"])
+    context = _client_context(identity, child_code)
     host, port = _host_port(address)
     try:
         with (
@@ -414,6 +472,40 @@ def _verify_child(security: Security, child_code: str, address: str, timeout: fl
         check_child_certificate(identity, child_code, cert)
     except UserError as exc:
         raise ChildRefused(str(exc)) from None
+
+
+def _client_context(identity: Identity, child_code: str) -> ssl.SSLContext:
+    """TLS for the handshake with a child, with this node's own certificate; a broken
+    installation is a UserError naming the fix, never an exception the link cannot read."""
+    where = f"cannot pull from child {child_code}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    try:
+        context.load_verify_locations(cadata=identity.root_pem().decode())
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise UserError(
+            f"{where}: the federation root certificate (security/root.crt) cannot be used: "
+            f"{exc}; install the bundle again, `tongyuan pki install`"
+        ) from None
+    try:
+        context.load_cert_chain(str(identity.fullchain_path), str(identity.key_path))
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            raise UserError(
+                f"{where}: node.key does not match node.crt: install the certificate issued "
+                "for it, `tongyuan pki install`"
+            ) from None
+        raise UserError(
+            f"{where}: node.key or fullchain.pem cannot be loaded ({exc}): install the "
+            "certificate issued for node.key, `tongyuan pki install`"
+        ) from None
+    except OSError as exc:
+        raise UserError(
+            f"{where}: cannot read {exc.filename or 'node.key or fullchain.pem'}: "
+            f"{exc.strerror or exc}; install the certificate again, `tongyuan pki install`"
+        ) from None
+    return context
 
 
 def check_child_certificate(identity: Identity, child_code: str, cert: x509.Certificate) -> None:

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from node.entities import LINEAGE_COLUMNS, Entity
 from node.errors import UserError
 from node.store.database import arrow_of, register_arrow, unregister_arrow
+from node.store.outbound import pseudonym
 from node.store.schema import entity_table, quote
 
 if TYPE_CHECKING:
@@ -90,6 +91,9 @@ GRANT_FIELDS = (
 )
 # Bookkeeping columns of a window at the parent, dropped before it leaves.
 _RECORD_KEY, _SENT_KEY = "_record_key", "_sent_key"
+# `grant_digests` role: per grant at the parent, the outbound stamp its child's copy was
+# sent under (set when the child confirms a window from 0; see `read_return`).
+_RETURN_STAMP = "return-stamp"
 
 
 class ReturnRefused(UserError):
@@ -255,6 +259,13 @@ def describe_filters(filters: Sequence[GrantFilter]) -> str:
     return " AND ".join(f"{f.attribute}={f.value}" for f in filters)
 
 
+def filters_evidence(filters: Sequence[GrantFilter], key: bytes) -> str:
+    """Filters as an audit entry holds them (entries travel up, GetAudit, and into
+    exports): each value as its pseudonym under the federation key, so a filter naming
+    a person (`id_number=…`) never reaches a tier that was not sent it."""
+    return " AND ".join(f"{f.attribute}={pseudonym(f.value, key)}" for f in filters)
+
+
 def returned_table(entity: Entity) -> str:
     return f"tongyuan.{quote('returned_' + entity.name)}"
 
@@ -274,7 +285,8 @@ _GRANT_COLS = (
 class ReturnWindow:
     """One window of a grant's slice at the parent: (after_seq, last_seq] of its log.
     `table` is what leaves; `keys` (origin_node, record key as stored, key as sent,
-    _deleted) stays here for the bookkeeping of what the child holds."""
+    _deleted) stays here for the bookkeeping of what the child holds; `stamp` is the
+    outbound stamp it was read under (`OutboundStore.stamp`)."""
 
     grant_id: str
     entity: str
@@ -282,6 +294,7 @@ class ReturnWindow:
     last_seq: int
     table: pa.Table
     keys: pa.Table
+    stamp: str = ""
 
     @property
     def departures(self) -> int:
@@ -335,6 +348,10 @@ class GrantsStore:
     ) -> None:
         self._store.audit.record(kind, detail, actor=actor, cur=cur)
 
+    def _key(self) -> bytes:
+        """The federation key, for filter values in audit entries (`filters_evidence`)."""
+        return self._store.outbound.federation_key()
+
     # ----- the child: requests -------------------------------------------------------------
 
     def add_request(
@@ -370,7 +387,7 @@ class GrantsStore:
                 "grant": grant_id,
                 "parent": parent,
                 "resource": resource,
-                "filter": describe_filters(ordered),
+                "filter_pseudonym": filters_evidence(ordered, self._key()),
                 "purpose": purpose,
                 "expires_at": _iso(expires_at),
             }
@@ -951,7 +968,7 @@ class GrantsStore:
                     "grant": request["id"],
                     "child": child,
                     "resource": request["resource"],
-                    "filter": describe_filters(ordered),
+                    "filter_pseudonym": filters_evidence(ordered, self._key()),
                     "purpose": request["purpose"],
                 }
                 self._audit("grant.requested", detail, str(request["requested_by"]), cur)
@@ -1026,7 +1043,9 @@ class GrantsStore:
                 "grant": grant_id,
                 "child": grant["child_code"],
                 "resource": grant["resource"],
-                "filter": describe_filters(filters_from_json(grant["filters"])),
+                "filter_pseudonym": filters_evidence(
+                    filters_from_json(grant["filters"]), self._key()
+                ),
                 "expires_at": _iso(expires),
                 "reason": reason,
             }
@@ -1106,7 +1125,16 @@ class GrantsStore:
         """The next window of a grant's slice after `after_seq` (None when the child is
         at the head): the resource's live rows the filter admits, as the outbound rules
         let them leave, and departures of records the child was sent that are no longer
-        admitted (or now leave in another form): key as sent, everything else NULL."""
+        admitted (or now leave in another form): key as sent, everything else NULL.
+
+        When the form rows leave this node in changed since the child's copy was sent (a
+        resource no longer shared, a grade, the model or the federation key; see
+        `OutboundStore.stamp`), the window starts at 0 whatever `after_seq` says: a window
+        from 0 replaces everything the child holds, so rows it may no longer have, or has
+        in an old form, go."""
+        stamp = self._store.outbound.stamp()  # before the SELECT is compiled: see confirm
+        if after_seq > 0 and self._digest(_RETURN_STAMP, grant["id"]) != stamp:
+            after_seq = 0
         head = self._store.head_seq
         last = min(head, after_seq + max_changes)
         if last <= after_seq:
@@ -1156,7 +1184,7 @@ class GrantsStore:
             result = arrow_of(cur, sql, [grant["resource"], grant["id"]])
         keys = result.select(["origin_node", _RECORD_KEY, _SENT_KEY, "_deleted"])
         wire = result.drop_columns([_RECORD_KEY, _SENT_KEY])
-        return ReturnWindow(grant["id"], entity.name, after_seq, last, wire, keys)
+        return ReturnWindow(grant["id"], entity.name, after_seq, last, wire, keys, stamp)
 
     def next_window(
         self, grant: dict[str, Any], after_seq: int, max_changes: int, max_bytes: int
@@ -1169,18 +1197,30 @@ class GrantsStore:
         if window is None:
             return None
         payload = encode_table(window.table)
-        while len(payload) > max_bytes and window.last_seq - after_seq > 1:
-            smaller = self.read_return(grant, after_seq, (window.last_seq - after_seq) // 2)
+        while len(payload) > max_bytes and window.last_seq - window.after_seq > 1:
+            start = window.after_seq  # 0 when the slice is sent again (see read_return)
+            smaller = self.read_return(grant, start, (window.last_seq - start) // 2)
             assert smaller is not None
             window, payload = smaller, encode_table(smaller.table)
         return window, payload
 
-    def note_sending(self, window: ReturnWindow) -> None:
+    def note_sending(self, window: ReturnWindow) -> bool:
         """Before a window leaves: the records it carries are (about to be) the child's.
-        Added first, so the table is never short of what the child holds."""
+        Added first, so the table is never short of what the child holds. Only while the
+        grant is approved and unexpired, checked in the same write transaction (a
+        revocation commits before or after it, never between); returns whether it is —
+        if not, the window must not leave."""
         if not window.live:
-            return
+            return self.in_force(window.grant_id)
         with self._db.write() as cur:
+            if (
+                cur.execute(
+                    "SELECT 1 FROM tongyuan.grants WHERE id = ? AND state = ? AND expires_at > ?",
+                    [window.grant_id, APPROVED, _now()],
+                ).fetchone()
+                is None
+            ):
+                return False
             register_arrow(cur, "return_keys", window.keys)
             try:
                 cur.execute(
@@ -1194,6 +1234,7 @@ class GrantsStore:
                 )
             finally:
                 unregister_arrow(cur, "return_keys")
+        return True
 
     def confirm_return(self, window: ReturnWindow, child_seq: int) -> None:
         """After the child's receipt: once it holds the window, the records that departed
@@ -1210,6 +1251,8 @@ class GrantsStore:
                         f"k.origin_node = s.origin_node AND k.{_SENT_KEY} = s.sent_key)",
                         [window.grant_id],
                     )
+                    # The child's copy is now all of this stamp (read before the window).
+                    self._set_digest(cur, _RETURN_STAMP, window.grant_id, window.stamp)
                 else:
                     cur.execute(
                         "DELETE FROM tongyuan.grant_sent s WHERE s.grant_id = ? AND EXISTS "

@@ -260,6 +260,21 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _form_digest(plan: SharingPlan, model_digest: str, key_identity: tuple[int, ...] | None) -> str:
+    """What decides the form rows leave in, as a digest: the treatments, the resources
+    withheld, the model and which key (its file's identity, never the key)."""
+    document = (
+        sorted(
+            (entity, sorted((a, t.treatment, t.mask) for a, t in per.items()))
+            for entity, per in plan.attributes.items()
+        ),
+        sorted(plan.withheld_resources),
+        model_digest,
+        key_identity,
+    )
+    return hashlib.sha256(repr(document).encode()).hexdigest()[:32]
+
+
 # ----- the store side ----------------------------------------------------------------------
 
 
@@ -268,6 +283,8 @@ class _Compiled:
     plan: SharingPlan
     columns: Mapping[str, Mapping[str, str]]  # entity → column → SQL expression
     where: Mapping[str, str]  # entity → predicate
+    key: bytes | None  # the federation key the SQL uses (None: nothing is pseudonymised)
+    form: str  # a digest of what decides the form rows leave in (see `OutboundStore.stamp`)
 
 
 class OutboundStore:
@@ -347,57 +364,124 @@ class OutboundStore:
                         f"CASE WHEN {own} THEN {_transform(name, treatment, key)} ELSE {name} END"
                     )
             if entity.name == OBSERVATIONS.name:
-                exprs = self._observation_columns(plan, key, own)
+                exprs = {c: quote(c) for c in OBSERVATIONS.column_names}
+                exprs.update(self._observation_exprs(plan, key, own))
             columns[entity.name] = exprs
             is_data = entity.name in self._store.entities or entity.name == OBSERVATIONS.name
             where[entity.name] = withheld if is_data else "true"
-        compiled = _Compiled(plan, columns, where)
+        form = _form_digest(
+            plan,
+            self._store.model_digest,
+            _key_identity(self.directory) if key is not None else None,
+        )
+        compiled = _Compiled(plan, columns, where, key, form)
         with self._lock:
             self._cache = (stamp, compiled)
         return compiled
 
-    def _observation_columns(
-        self, plan: SharingPlan, key: bytes | None, own: str
+    def _observation_exprs(
+        self,
+        plan: SharingPlan,
+        key: bytes | None,
+        own: str,
+        *,
+        entity: str = "entity",
+        attribute: str = "attribute",
+        value: str = "value",
+        record_key: str = "record_key",
+        norm_key: str | None = "norm_key",
+        obs_id: str = "obs_id",
     ) -> dict[str, str]:
         """Observations carry values of attributes of entities: the value is treated as
         its (entity, attribute), the record key (and the ids derived from it) as the
-        entity's key."""
-        exprs = {c: quote(c) for c in OBSERVATIONS.column_names}
+        entity's key. The expressions of those that change (by the names `value`,
+        `record_key`, `norm_key`, `obs_id`), reading the given columns; `own` is the
+        predicate that the observation is this node's own."""
+        exprs: dict[str, str] = {}
         value_cases = []
         keyed = []
         for entity_name, per in sorted(plan.attributes.items()):
             modelled = self._store.model.entity(entity_name)
             if modelled is None:
                 continue
-            for attribute, treatment in sorted(per.items()):
-                typed = modelled.attribute(attribute)
+            for name, treatment in sorted(per.items()):
+                typed = modelled.attribute(name)
                 out = (
                     "NULL"
                     if typed is None or typed.type != "string"
-                    else _transform("value", treatment, key)
+                    else _transform(value, treatment, key)
                 )
                 value_cases.append(
-                    f"WHEN entity = {_literal(entity_name)} AND attribute = {_literal(attribute)} "
-                    f"THEN {out}"
+                    f"WHEN {entity} = {_literal(entity_name)} "
+                    f"AND {attribute} = {_literal(name)} THEN {out}"
                 )
             if modelled.key in per:
                 keyed.append(_literal(entity_name))
         if value_cases:
             exprs["value"] = (
-                f"CASE WHEN {own} THEN CASE {' '.join(value_cases)} ELSE value END ELSE value END"
+                f"CASE WHEN {own} THEN CASE {' '.join(value_cases)} ELSE {value} END "
+                f"ELSE {value} END"
             )
         if keyed:
             assert key is not None
-            when = f"{own} AND entity IN ({', '.join(keyed)})"
-            hidden = pseudonym_sql("record_key", key)
-            exprs["record_key"] = f"CASE WHEN {when} THEN {hidden} ELSE record_key END"
-            exprs["norm_key"] = f"CASE WHEN {when} THEN {norm_key_sql(hidden)} ELSE norm_key END"
+            when = f"{own} AND {entity} IN ({', '.join(keyed)})"
+            hidden = pseudonym_sql(record_key, key)
+            exprs["record_key"] = f"CASE WHEN {when} THEN {hidden} ELSE {record_key} END"
+            if norm_key is not None:
+                exprs["norm_key"] = (
+                    f"CASE WHEN {when} THEN {norm_key_sql(hidden)} ELSE {norm_key} END"
+                )
             exprs["obs_id"] = (
-                f"CASE WHEN {when} THEN {pseudonym_sql('obs_id', key)} ELSE obs_id END"
+                f"CASE WHEN {when} THEN {pseudonym_sql(obs_id, key)} ELSE {obs_id} END"
             )
         return exprs
 
     # ----- what callers use -----
+
+    def stamp(self) -> str:
+        """A digest of what decides the form rows leave this node in (treatments, resources
+        withheld, model, the federation key's file identity; never the key): it changes
+        when a resource becomes not shared, a grade or the key changes, so a copy sent
+        under another stamp may hold rows in a form that no longer applies."""
+        return self._compiled().form
+
+    def federation_key(self) -> bytes:
+        """This node's federation key (generated, local only, at first use)."""
+        key = federation_key(self.directory)
+        assert key is not None
+        return key
+
+    def observation_sql(
+        self,
+        own: str,
+        *,
+        entity: str = "entity",
+        attribute: str = "attribute",
+        value: str = "value",
+        record_key: str = "record_key",
+        obs_id: str = "obs_id",
+    ) -> dict[str, str]:
+        """SQL reading an observation's value, record key and id (columns named by the
+        arguments) as they would leave this node in an observation: keys `value`,
+        `record_key`, `obs_id`, each the column itself where nothing applies. `own` is a
+        predicate true where the observation is this node's own (only those are treated).
+        Run the query under `without_secrets`."""
+        compiled = self._compiled()
+        exprs = {"value": value, "record_key": record_key, "obs_id": obs_id}
+        exprs.update(
+            self._observation_exprs(
+                compiled.plan,
+                compiled.key,
+                f"({own})",
+                entity=entity,
+                attribute=attribute,
+                value=value,
+                record_key=record_key,
+                norm_key=None,
+                obs_id=obs_id,
+            )
+        )
+        return exprs
 
     def redact(self, text: str) -> str:
         """`text` (an error message) without the HMAC pads the outbound SQL holds: DuckDB

@@ -405,13 +405,27 @@ class SourcesStore:
 
     def downward_set(self, child: str) -> tuple[str, pa.Table]:
         """Every discrepancy this node knows whose source is `child` or below it, with a
-        digest, for delivery to that child."""
-        cols = ", ".join(_DISCREPANCY_COLUMNS)
-        with self._db.read() as cur:
+        digest, for delivery to that child.
+
+        A discrepancy found here whose observer is this node carries this node's own
+        observation: its value, record key and id leave as that observation would
+        (`OutboundStore.observation_sql`); the rest came from the child or was treated at
+        its source already."""
+        outbound = self._store.outbound
+        own = f"received_from IS NULL AND observer_node = '{self.node_code}'"
+        treated = outbound.observation_sql(
+            own, value="observed_value", record_key="record_key", obs_id="id"
+        )
+        renamed = {"id": treated["obs_id"], "record_key": treated["record_key"]}
+        renamed["observed_value"] = treated["value"]
+        cols = ", ".join(
+            c if renamed.get(c, c) == c else f"{renamed[c]} AS {c}" for c in _DISCREPANCY_COLUMNS
+        )
+        with self._db.read() as cur, outbound.without_secrets():
             table = cur.sql(
-                f"SELECT {cols} FROM (SELECT DISTINCT ON (id) * FROM tongyuan.discrepancies "
-                "ORDER BY id, received_from NULLS FIRST) "
-                f"WHERE {subtree_condition('source_node', child)} ORDER BY id"
+                f"SELECT * FROM (SELECT {cols} FROM (SELECT DISTINCT ON (id) * "
+                "FROM tongyuan.discrepancies ORDER BY id, received_from NULLS FIRST) "
+                f"WHERE {subtree_condition('source_node', child)}) ORDER BY id, found_by"
             ).to_arrow_table()
         table = table.cast(DISCREPANCY_SCHEMA)
         return delivery_digest(table), table
