@@ -291,12 +291,14 @@ def test_departures_name_only_keys_the_child_held_in_the_form_it_holds_them(
     assert returned(county) == {PEOPLE[1]["id_number"]: "赵六"}
 
 
-def test_departures_of_pseudonymised_keys_match_at_the_child(nodes: dict[str, Node]) -> None:
-    """A conditional resource whose key is graded core leaves pseudonymised; a record
-    leaving the slice departs under the pseudonym the county holds."""
-    city, county = nodes[NANJING], nodes[QINHUAI]
+def grant_conditional_people(
+    city: Any, county: Any, id_grade: str
+) -> tuple[str, dict[str, Any], str]:
+    """The city publishes a conditional people resource (ID numbers graded `id_grade`),
+    imports PEOPLE into it, and grants the county its division's records; returns the
+    resource code, its catalogue entry and the grant's id."""
     resource = f"{NANJING}-GA-002"
-    entry = {
+    entry: dict[str, Any] = {
         "code": resource,
         "name": "全市户籍人口",
         "summary": "人口",
@@ -306,7 +308,7 @@ def test_departures_of_pseudonymised_keys_match_at_the_child(nodes: dict[str, No
         "sharing": "conditional",
         "sharing_conditions": "仅限政务部门履职使用",
         "fields": [
-            {"name": "id_number", "sensitivity": "core"},
+            {"name": "id_number", "sensitivity": id_grade},
             {"name": "name", "sensitivity": "general"},
             {"name": "division_code"},
         ],
@@ -318,6 +320,14 @@ def test_departures_of_pseudonymised_keys_match_at_the_child(nodes: dict[str, No
     assert pull_requests(city, county) == (1, [])
     city.grants.approve(made["id"], actor="市大数据局")
     deliver_grants(city, county)
+    return resource, entry, made["id"]
+
+
+def test_departures_of_pseudonymised_keys_match_at_the_child(nodes: dict[str, Node]) -> None:
+    """A conditional resource whose key is graded core leaves pseudonymised; a record
+    leaving the slice departs under the pseudonym the county holds."""
+    city, county = nodes[NANJING], nodes[QINHUAI]
+    resource, _, _ = grant_conditional_people(city, county, id_grade="core")
 
     tables = send_windows(city, county)
     held = returned(county)
@@ -917,29 +927,7 @@ def test_a_changed_sharing_rule_sends_the_slice_again_in_its_new_form(
     re-sends the slice in the new form (a window from 0 replaces the county's copy), and
     a resource made not shared empties it, long before the grant ends."""
     city, county = nodes[NANJING], nodes[QINHUAI]
-    resource = f"{NANJING}-GA-002"
-    entry: dict[str, Any] = {
-        "code": resource,
-        "name": "全市户籍人口",
-        "summary": "人口",
-        "department": "公安局",
-        "entity": "person",
-        "update_frequency": "daily",
-        "sharing": "conditional",
-        "sharing_conditions": "仅限政务部门履职使用",
-        "fields": [
-            {"name": "id_number", "sensitivity": "general"},
-            {"name": "name", "sensitivity": "general"},
-            {"name": "division_code"},
-        ],
-    }
-    city.catalog.add([entry], "people.toml", "tester", publish=True)
-    city.ingest(resource, PEOPLE)
-    county.store.record_parent_ack(NANJING, 0)
-    made = county.grants.request(resource, ["division_code=320104"], "低保资格核查", "1h")
-    assert pull_requests(city, county) == (1, [])
-    city.grants.approve(made["id"], actor="市大数据局")
-    deliver_grants(city, county)
+    resource, entry, grant_id = grant_conditional_people(city, county, id_grade="general")
     send_windows(city, county)
     assert returned(county) == {PEOPLE[0]["id_number"]: "王五", PEOPLE[1]["id_number"]: "赵六"}
 
@@ -971,7 +959,7 @@ def test_a_changed_sharing_rule_sends_the_slice_again_in_its_new_form(
     change(sharing="not_shared")
     send_windows(city, county)
     assert returned(county) == {}
-    assert city.store.grants.in_force(made["id"])
+    assert city.store.grants.in_force(grant_id)
 
 
 def test_grant_filters_are_pseudonymised_in_audit_entries(nodes: dict[str, Node]) -> None:

@@ -41,6 +41,13 @@ from node.security.pki import (
 log = logging.getLogger(__name__)
 
 FEDERATION_PREFIX = "/tongyuan.v1.Federation/"
+# gRPC handler kinds, and whether the handler receives one request message.
+_HANDLER_KINDS = (
+    ("unary_unary", True),
+    ("unary_stream", True),
+    ("stream_unary", False),
+    ("stream_stream", False),
+)
 # The same refusal (caller and reason) is logged and audited at most once per this period.
 REFUSAL_REPORT_SECONDS = 60.0
 # And at most this many refusals in all per period (callers without a certificate are
@@ -266,38 +273,24 @@ class FederationGuard(grpc.ServerInterceptor):
         ):
             return handler
         name = method.removeprefix(FEDERATION_PREFIX)
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                self._authorize(name, request, context)
-                return inner(request, context)
-
-            return handler._replace(unary_unary=unary)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                self._authorize(name, request, context)
-                return inner_stream(request, context)
-
-            return handler._replace(unary_stream=stream)
         # Client-streaming calls (none today) fail closed: certificate checked, no fields.
-        if handler.stream_unary is not None:
-            inner_in = handler.stream_unary
+        for kind, request_has_fields in _HANDLER_KINDS:
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return handler._replace(**{kind: self._guarded(name, inner, request_has_fields)})
+        return handler
 
-            def stream_in(requests: Any, context: grpc.ServicerContext) -> Any:
-                self._authorize(name, None, context)
-                return inner_in(requests, context)
+    def _guarded(
+        self, name: str, inner: Callable[[Any, Any], Any], request_has_fields: bool
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        """`inner` behind `_authorize`; the request's caller fields are checked when it is
+        one message (a stream of requests is checked by certificate alone)."""
 
-            return handler._replace(stream_unary=stream_in)
-        inner_both = handler.stream_stream
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            self._authorize(name, request if request_has_fields else None, context)
+            return inner(request, context)
 
-        def stream_both(requests: Any, context: grpc.ServicerContext) -> Any:
-            self._authorize(name, None, context)
-            return inner_both(requests, context)
-
-        return handler._replace(stream_stream=stream_both)
+        return guarded
 
     def _certificate(self, pem_bytes: bytes) -> x509.Certificate:
         with self._lock:

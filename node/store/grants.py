@@ -856,13 +856,7 @@ class GrantsStore:
         if not self._present():
             return []
         with self._db.read() as cur:
-            rows = cur.execute(
-                f"SELECT {_REQUEST_COLS} FROM tongyuan.grant_requests WHERE {where} "
-                "ORDER BY requested_at, id",
-                params,
-            ).fetchall()
-            names = [c.strip() for c in _REQUEST_COLS.split(",")]
-            found = [dict(zip(names, r, strict=True)) for r in rows]
+            found = _records(cur, _REQUEST_COLS, "tongyuan.grant_requests", where, params)
             for item in found:
                 item["filters"] = filters_to_json(filters_from_json(item["filters"]))
                 item["rows_held"] = 0
@@ -987,13 +981,7 @@ class GrantsStore:
             return []
         where, params = ("id = ?", [grant_id]) if grant_id else ("true", [])
         with self._db.read() as cur:
-            rows = cur.execute(
-                f"SELECT {_GRANT_COLS} FROM tongyuan.grants WHERE {where} "
-                "ORDER BY requested_at, id",
-                params,
-            ).fetchall()
-        names = [c.strip() for c in _GRANT_COLS.split(",")]
-        found = [dict(zip(names, r, strict=True)) for r in rows]
+            found = _records(cur, _GRANT_COLS, "tongyuan.grants", where, params)
         now = _now()
         for item in found:
             item["filters"] = json.loads(item["filters"])
@@ -1311,6 +1299,17 @@ class GrantsStore:
             "rows_returned": sum(r["rows_held"] for r in in_force),
             "next_expiry": _iso(min(expiries)) if expiries else None,
         }
+
+
+def _records(
+    cur: duckdb.DuckDBPyConnection, columns: str, table: str, where: str, params: list[Any]
+) -> list[dict[str, Any]]:
+    """Requests or grants as dicts named by `columns`, oldest first."""
+    rows = cur.execute(
+        f"SELECT {columns} FROM {table} WHERE {where} ORDER BY requested_at, id", params
+    ).fetchall()
+    names = [c.strip() for c in columns.split(",")]
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 def _columns_of(cur: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
